@@ -1,0 +1,94 @@
+"""The normalised flow table that every reader produces and every consumer reads.
+
+One row per flow. Columns of ``FlowTable.frame``:
+
+* the numeric features listed in ``numeric_features`` (float64, finite),
+* the categorical features listed in ``categorical_features`` (str, stripped, never empty:
+  ``-`` marks an unset value),
+* ``label`` (int8, 0 = benign, 1 = malicious),
+* ``attack_cat`` (str, the attack family; ``"Normal"`` for benign traffic),
+* where the source has them: ``src_ip``, ``dst_ip`` (str), ``src_port``, ``dst_port`` (nullable Int64),
+  ``start_time`` (float64, seconds since the epoch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+LABEL = "label"
+ATTACK_CAT = "attack_cat"
+SRC_IP, DST_IP, SRC_PORT, DST_PORT, START_TIME = "src_ip", "dst_ip", "src_port", "dst_port", "start_time"
+META_COLUMNS = (LABEL, ATTACK_CAT, SRC_IP, DST_IP, SRC_PORT, DST_PORT, START_TIME)
+BENIGN_FAMILY = "Normal"
+
+
+@dataclass
+class FlowTable:
+    """Flows of one source, normalised; ``skipped`` counts records dropped by a skip policy, per reason."""
+
+    frame: pd.DataFrame
+    numeric_features: list[str]
+    categorical_features: list[str]
+    source: str
+    path: str
+    skipped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def features(self) -> list[str]:
+        """All feature columns: numeric first, then categorical."""
+        return [*self.numeric_features, *self.categorical_features]
+
+    @property
+    def has_hosts(self) -> bool:
+        """True when the source carries IP addresses (host graphs and per-host partitions need them)."""
+        return SRC_IP in self.frame.columns and DST_IP in self.frame.columns
+
+    @property
+    def n_skipped(self) -> int:
+        return int(sum(self.skipped.values()))
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def subset(self, index: pd.Index | list[int]) -> "FlowTable":
+        """A new table with the rows ``index`` (positional), same schema and provenance."""
+        return FlowTable(
+            frame=self.frame.iloc[index].reset_index(drop=True),
+            numeric_features=list(self.numeric_features),
+            categorical_features=list(self.categorical_features),
+            source=self.source,
+            path=self.path,
+            skipped=dict(self.skipped),
+            notes=list(self.notes),
+        )
+
+    def drop_features(self, names: list[str]) -> "FlowTable":
+        """A new table without the feature columns ``names`` (names it does not have are ignored)."""
+        drop = [n for n in names if n in self.frame.columns and n in self.features]
+        return FlowTable(
+            frame=self.frame.drop(columns=drop),
+            numeric_features=[c for c in self.numeric_features if c not in drop],
+            categorical_features=[c for c in self.categorical_features if c not in drop],
+            source=self.source,
+            path=self.path,
+            skipped=dict(self.skipped),
+            notes=list(self.notes),
+        )
+
+    def summary(self) -> dict:
+        """Counts for logs and run outputs."""
+        frame = self.frame
+        return {
+            "source": self.source,
+            "path": self.path,
+            "records": len(frame),
+            "labels": {str(k): int(v) for k, v in frame[LABEL].value_counts().sort_index().items()},
+            "attack_cat": {str(k): int(v) for k, v in frame[ATTACK_CAT].value_counts().items()},
+            "numeric_features": len(self.numeric_features),
+            "categorical_features": len(self.categorical_features),
+            "skipped": dict(self.skipped),
+            "has_hosts": self.has_hosts,
+        }

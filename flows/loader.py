@@ -1,0 +1,82 @@
+"""Find the data folder and load a named data set into a :class:`FlowTable`.
+
+The data folder comes from a configured value or, failing that, the environment variable
+``BOTDEFENDER_DATA_DIR``. Expected layout (as in the project's shared data folder)::
+
+    DATA_DIR/unsw-nb15/<partitioned csv>        any name; recognised by its header
+    DATA_DIR/unsw-nb15/NUSW-NB15_features.csv
+    DATA_DIR/unsw-nb15/raw/UNSW-NB15_*.csv      raw files, no header
+    DATA_DIR/iot-23/*.conn.log.labeled
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flows.errors import FlowDataError
+from flows.readers import read_iot23_conn_log, read_unsw_partitioned, read_unsw_raw
+from flows.readers.records import BadRecordPolicy
+from flows.readers.unsw_partitioned import looks_partitioned
+from flows.table import FlowTable
+
+ENV_VAR = "BOTDEFENDER_DATA_DIR"
+DATASETS = ("unsw-nb15", "unsw-nb15-raw", "iot-23")
+
+
+def resolve_data_dir(configured: str | Path | None = None) -> Path:
+    """The data folder: ``configured`` if given, else $BOTDEFENDER_DATA_DIR; it must exist."""
+    value = configured if configured not in (None, "") else os.environ.get(ENV_VAR)
+    if not value:
+        raise FlowDataError(
+            None, "no data directory configured",
+            expected=f"dataset.data_dir=DIR or the environment variable {ENV_VAR} (see README: getting the data)",
+        )  # fmt: skip
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise FlowDataError(path, "data directory not found", expected="an existing folder holding the flow data")
+    return path
+
+
+def find_files(folder: Path, pattern: str, what: str) -> list[Path]:
+    files = sorted(p for p in folder.glob(pattern) if p.is_file())
+    if not files:
+        raise FlowDataError(folder, f"no {what} found", expected=f"files matching {pattern}")
+    return files
+
+
+def find_unsw_partition(data_dir: Path, file: str | None = None) -> Path:
+    """The partitioned UNSW-NB15 CSV: ``file`` (relative to unsw-nb15/ or absolute) or the first one found."""
+    folder = data_dir / "unsw-nb15"
+    if file:
+        path = Path(file) if Path(file).is_absolute() else folder / file
+        if not path.is_file():
+            raise FlowDataError(path, "file not found")
+        return path
+    candidates = [p for p in find_files(folder, "*.csv", "CSV files") if looks_partitioned(p)]
+    if not candidates:
+        raise FlowDataError(folder, "no partitioned UNSW-NB15 CSV found",
+                            expected="a CSV with the 45-column header id,dur,proto,...,attack_cat,label")  # fmt: skip
+    return candidates[0]
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    file: str | None = None,
+    bad_records: BadRecordPolicy = "error",
+) -> FlowTable:
+    """Load data set ``name`` (one of :data:`DATASETS`); ``file`` picks one file of a multi-file source."""
+    if name not in DATASETS:
+        raise FlowDataError(None, f"unknown dataset {name!r}", expected=f"one of {', '.join(DATASETS)}")
+    root = resolve_data_dir(data_dir)
+    if name == "unsw-nb15":
+        return read_unsw_partitioned(find_unsw_partition(root, file), bad_records=bad_records)
+    if name == "unsw-nb15-raw":
+        folder = root / "unsw-nb15" / "raw"
+        path = folder / file if file else find_files(folder, "UNSW-NB15_*.csv", "raw UNSW-NB15 files")[0]
+        return read_unsw_raw(path, bad_records=bad_records)
+    folder = root / "iot-23"
+    path = folder / file if file else find_files(folder, "*.conn.log.labeled", "IoT-23 conn.log.labeled files")[0]
+    return read_iot23_conn_log(path, bad_records=bad_records)

@@ -75,6 +75,17 @@ def stratified_split(labels: np.ndarray, test_size: float, seed: int) -> tuple[n
     return np.sort(train), np.sort(test)
 
 
+def stratified_subsample(table: FlowTable, n_records: int, seed: int) -> FlowTable:
+    """A seeded sample of ``n_records`` rows with the label shares of ``table`` (for quick runs and tests)."""
+    if n_records >= len(table):
+        return table
+    if n_records < 10:
+        raise ValueError(f"subsample must be at least 10 records, got {n_records}")
+    keep, _ = train_test_split(np.arange(len(table)), train_size=n_records, stratify=table.frame[LABEL],
+                               random_state=seed)  # fmt: skip
+    return table.subset(np.sort(keep))
+
+
 def working_table(table: FlowTable, config: ProtocolConfig) -> tuple[FlowTable, dict]:
     """The table a protocol splits: duplicates removed for ``clean``, TTL features dropped if asked."""
     info: dict = {"records_in": len(table)}

@@ -2,8 +2,8 @@
 
 The preprocessed feature vector (batch, n_features) is read as a one-channel
 sequence: Conv1d -> (BatchNorm) -> ReLU -> MaxPool1d gives n_features // pool steps
-with ``conv_channels`` values each, an LSTM reads them, and the last hidden state
-goes through dropout -> Linear -> ReLU -> Linear(1) to a logit.
+with ``conv_channels`` values each, an LSTM reads them, and a readout of its outputs
+(``last`` step, or ``mean``/``max`` over the steps) goes through dropout -> Linear -> ReLU -> Linear(1) to a logit.
 
 Export and DP constraints honoured here:
 - fixed sequence length, plain ``nn.LSTM`` (batch_first), no packed sequences and no
@@ -34,6 +34,9 @@ __all__ = ["CNNLSTM", "CNNLSTMDetector"]
 log = logging.getLogger(__name__)
 
 
+READOUTS = ("last", "mean", "max")
+
+
 class CNNLSTM(nn.Module):
     """Conv1d + LSTM binary classifier over a tabular feature vector; outputs logits (batch,)."""
 
@@ -48,12 +51,16 @@ class CNNLSTM(nn.Module):
         lstm_layers: int = 1,
         dropout: float = 0.3,
         dense: int = 32,
+        readout: str = "last",
     ) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
         if pool < 1 or n_features // pool < 1:
             raise ValueError(f"pool={pool} leaves no sequence steps for n_features={n_features}")
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        self.readout = readout
         self.n_features = n_features
         self.seq_len = n_features // pool
         self.conv = nn.Conv1d(1, conv_channels, kernel_size, padding=kernel_size // 2)
@@ -77,14 +84,19 @@ class CNNLSTM(nn.Module):
         h = self.pool(self.act(self.norm(self.conv(h))))  # (B, C, F // pool)
         h = h.transpose(1, 2)                     # (B, T, C)
         seq, _ = self.lstm(h)                     # (B, T, H)
-        last = seq[:, -1, :]                      # last step of the top layer
-        z = self.fc_act(self.fc1(self.dropout(last)))
+        if self.readout == "max":                 # fixed at construction: no data-dependent flow
+            summary = seq.amax(dim=1)
+        elif self.readout == "mean":
+            summary = seq.mean(dim=1)
+        else:
+            summary = seq[:, -1, :]               # last step of the top layer
+        z = self.fc_act(self.fc1(self.dropout(summary)))
         return self.out(z).squeeze(-1)
 
 
 _ARCH_DEFAULTS: dict[str, Any] = dict(
     conv_channels=32, kernel_size=3, pool=2, batch_norm=False,
-    lstm_hidden=64, lstm_layers=1, dropout=0.3, dense=32,
+    lstm_hidden=64, lstm_layers=1, dropout=0.3, dense=32, readout="last",
 )
 _TRAIN_DEFAULTS: dict[str, Any] = dict(
     epochs=30, batch_size=64, lr=1e-3, patience=5, weight_decay=0.0, val_fraction=0.1, progress=True,

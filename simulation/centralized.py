@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from flows.errors import FlowDataError
 from flows.loader import load_dataset
 from flows.pipeline import PipelineConfig
-from flows.protocols import PreparedData, ProtocolConfig, prepare
+from flows.protocols import PreparedData, ProtocolConfig, prepare, stratified_subsample
 from models.baselines import make_detector
 from models.evaluation import detection_metrics
 
@@ -84,6 +84,10 @@ def run_centralized(cfg: DictConfig, out_dir: Path) -> dict:
     table = load_dataset(cfg.dataset.name, cfg.dataset.data_dir, file=cfg.dataset.file,
                          bad_records=cfg.dataset.bad_records)  # fmt: skip
     seeds = [int(s) for s in cfg.seeds]
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one, e.g. seeds=[0]")
+    if cfg.subsample:
+        table = stratified_subsample(table, int(cfg.subsample), seeds[0])
     per_seed: dict[int, dict[str, dict]] = {}
     last_scores: dict[str, tuple] = {}
     data_info: dict = {}

@@ -31,6 +31,7 @@ class PipelineConfig:
     rfe_trees: int = 50
     rfe_step: int = 1
     nonfinite: str = "error"
+    min_category_count: int = 1  # rarer categories share the <unknown> bucket (smaller input, same signal)
 
 
 def feature_statistics(frame: pd.DataFrame, numeric: list[str], categorical: list[str], log_transform: bool) -> dict:
@@ -76,7 +77,10 @@ def state_from_statistics(
     var = np.maximum(np.asarray(stats["sumsq"], dtype=np.float64) / n - mean**2, 0.0)
     std = np.sqrt(var)
     std[std < 1e-12] = 1.0  # a constant feature stays 0 after scaling
-    vocabularies = {c: sorted(stats["categories"].get(c, {})) for c in categorical}
+    min_count = max(1, int(config.min_category_count))
+    vocabularies = {
+        c: sorted(v for v, count in stats["categories"].get(c, {}).items() if count >= min_count) for c in categorical
+    }
     return PipelineState(
         numeric=list(numeric),
         categorical=list(categorical),

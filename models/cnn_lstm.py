@@ -99,7 +99,7 @@ _ARCH_DEFAULTS: dict[str, Any] = dict(
     lstm_hidden=64, lstm_layers=1, dropout=0.3, dense=32, readout="last",
 )
 _TRAIN_DEFAULTS: dict[str, Any] = dict(
-    epochs=30, batch_size=64, lr=1e-3, patience=5, weight_decay=0.0, val_fraction=0.1, progress=True,
+    epochs=30, batch_size=64, lr=1e-3, patience=5, weight_decay=0.0, lr_decay_patience=0, val_fraction=0.1, progress=True,
 )
 
 
@@ -150,6 +150,7 @@ class CNNLSTMDetector(Detector):
         self.history_ = train_torch_classifier(
             self.model_, X, y, X_val, y_val,
             epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], patience=p["patience"],
+            lr_decay_patience=p["lr_decay_patience"],
             seed=self.seed, weight_decay=p["weight_decay"], progress=p["progress"],
         )
         return self

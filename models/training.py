@@ -87,6 +87,7 @@ def train_torch_classifier(
     patience: int = 5,
     seed: int = 0,
     weight_decay: float = 0.0,
+    lr_decay_patience: int = 0,
     progress: bool = True,
 ) -> TrainHistory:
     """Train ``model`` with Adam + BCEWithLogitsLoss and early stopping on validation loss.
@@ -94,7 +95,8 @@ def train_torch_classifier(
     The loader shuffles with a ``torch.Generator`` seeded by ``seed``; dropout and weight
     init use the global torch RNG, which the caller seeds. After training the weights of
     the epoch with the lowest validation loss are restored. Thread count is left to the
-    caller (``torch.set_num_threads``).
+    caller (``torch.set_num_threads``). With ``lr_decay_patience`` > 0 the learning rate halves after that
+    many epochs without a better validation loss (torch's ReduceLROnPlateau, floor lr/64).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -112,6 +114,12 @@ def train_torch_classifier(
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
+    scheduler = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=lr_decay_patience,
+                                                   min_lr=lr / 64)  # fmt: skip
+        if lr_decay_patience > 0
+        else None
+    )
     history = TrainHistory()
     best_loss = float("inf")
     best_state = copy.deepcopy(model.state_dict())
@@ -134,6 +142,8 @@ def train_torch_classifier(
         history.train_loss.append(train_loss)
         history.val_loss.append(val_loss)
         history.val_accuracy.append(val_acc)
+        if scheduler is not None:
+            scheduler.step(val_loss)
         if val_loss < best_loss:
             best_loss, history.best_epoch, bad_epochs = val_loss, epoch, 0
             best_state = copy.deepcopy(model.state_dict())

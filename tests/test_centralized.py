@@ -24,7 +24,7 @@ def test_centralized_run_writes_metrics_table_and_plots(data_dir, tmp_path):
     out = tmp_path / "run"
     result = run_command([
         f"hydra.run.dir={out}", "protocol=clean", "subsample=4000", "seeds=[0,1]",
-        "run_models=[logreg,xgboost,cnn_lstm]", "models.cnn_lstm.params.epochs=3",
+        "run_models=[logreg,xgboost,cnn_lstm]", "models.cnn_lstm.params.epochs=12",
         "models.xgboost.params.n_estimators=50", "threads=2",
     ])  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

@@ -233,3 +233,16 @@ def test_data_dir_from_env_and_errors(tmp_path, monkeypatch):
 def _with_dir(root: Path, name: str) -> Path:
     (root / name).mkdir(exist_ok=True)
     return root
+
+
+# ---- the inspect command --------------------------------------------------------------------------------
+def test_inspect_command_reads_any_format_and_reports_errors(data_dir, tmp_path, capsys):
+    from flows.inspect import main
+
+    assert main([str(data_dir / "iot-23" / "CTU-Honeypot-Capture-4-1.conn.log.labeled")]) == 0
+    assert '"records": 452' in capsys.readouterr().out
+    bad = unsw_file(tmp_path, [ROW_NORMAL, ROW_ATTACK.replace(",900,", ",oops,")])
+    assert main([str(bad)]) == 2
+    assert "any-name.csv:3: non-numeric value; column 'sbytes'" in capsys.readouterr().err
+    assert main([str(bad), "--skip-bad"]) == 0
+    assert '"non_numeric_or_non_finite": 1' in capsys.readouterr().out

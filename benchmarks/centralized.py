@@ -11,6 +11,7 @@ one Markdown table of medians with the issue's targets checked.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -59,11 +60,16 @@ def main() -> None:
     parser.add_argument("--protocols", nargs="+", default=["paper", "clean", "paper_smote_first"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "centralized")
+    parser.add_argument("--from-existing", action="store_true",
+                        help="do not train: rebuild the summary from each protocol's metrics.json under --out")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override, e.g. threads=1")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     results = {}
     for protocol in args.protocols:
+        if args.from_existing:
+            results[protocol] = json.loads((args.out / protocol / "metrics.json").read_text())
+            continue
         seeds = "[" + ",".join(str(s) for s in args.seeds) + "]"
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose(config_name="centralized", overrides=[f"protocol={protocol}", f"seeds={seeds}",

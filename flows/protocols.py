@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("paper", "clean", "paper_smote_first")
 TTL_FEATURES = ["sttl", "dttl", "ct_state_ttl"]
+DUPLICATE_KEYS = ("features_and_label", "record")
 
 
 @dataclass
@@ -36,8 +37,11 @@ class ProtocolConfig:
     test_size: float = 0.2
     drop_ttl: bool = False
     smote: bool = False
+    duplicate_key: str = "features_and_label"  # or "record": features, label and attack_cat all equal
 
     def __post_init__(self) -> None:
+        if self.duplicate_key not in DUPLICATE_KEYS:
+            raise ValueError(f"protocol.duplicate_key must be one of {DUPLICATE_KEYS}, got {self.duplicate_key!r}")
         if self.name not in PROTOCOLS:
             raise ValueError(f"unknown protocol {self.name!r}: expected one of {', '.join(PROTOCOLS)}")
         if not 0.0 < self.test_size < 1.0:
@@ -63,9 +67,14 @@ class PreparedData:
     info: dict = field(default_factory=dict)
 
 
-def remove_duplicates(table: FlowTable) -> tuple[FlowTable, int]:
-    """Drop exact duplicates (same features and label), keeping the first occurrence."""
-    duplicated = table.frame.duplicated(subset=[*table.features, LABEL]).to_numpy()
+def remove_duplicates(table: FlowTable, key: str = "features_and_label") -> tuple[FlowTable, int]:
+    """Drop exact duplicates, keeping the first occurrence.
+
+    ``features_and_label`` (default) treats rows with equal features and label as copies even when their
+    attack_cat differs: for a binary detector they are the same example. ``record`` also compares attack_cat.
+    """
+    columns = [*table.features, LABEL] + ([ATTACK_CAT] if key == "record" else [])
+    duplicated = table.frame.duplicated(subset=columns).to_numpy()
     return table.subset(np.flatnonzero(~duplicated)), int(duplicated.sum())
 
 
@@ -90,7 +99,7 @@ def working_table(table: FlowTable, config: ProtocolConfig) -> tuple[FlowTable, 
     """The table a protocol splits: duplicates removed for ``clean``, TTL features dropped if asked."""
     info: dict = {"records_in": len(table)}
     if config.name == "clean":
-        table, removed = remove_duplicates(table)
+        table, removed = remove_duplicates(table, config.duplicate_key)
         info["duplicates_removed"] = removed
     if config.drop_ttl:
         table = table.drop_features(TTL_FEATURES)

@@ -162,3 +162,16 @@ def test_protocol_config_rejects_bad_values():
         ProtocolConfig(name="random")
     with pytest.raises(ValueError, match="test_size must be between 0 and 1"):
         ProtocolConfig(test_size=1.5)
+
+
+def test_duplicate_keys(sample):
+    from flows.protocols import remove_duplicates
+
+    frame = sample.frame.head(3)
+    twins = sample.subset([0, 0, 1])
+    twins.frame.loc[1, "attack_cat"] = "Relabelled"  # same features and label, other family
+    assert remove_duplicates(twins)[1] == 1
+    assert remove_duplicates(twins, "record")[1] == 0
+    assert len(frame) == 3
+    with pytest.raises(ValueError, match="duplicate_key must be one of"):
+        ProtocolConfig(name="clean", duplicate_key="rows")

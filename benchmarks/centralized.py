@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parent
 
 def target_lines(results: dict[str, dict]) -> list[str]:
     """The issue's acceptance targets, each with its measured value and PASS/MISS."""
-    lines = []
+    lines: list[str] = []
+    if not all({"xgboost", "cnn_lstm"} <= set(r["median"]) for r in results.values()):
+        return ["- (targets need both xgboost and cnn_lstm in the run)"]
     if "paper" in results:
         median = results["paper"]["median"]
         xgb, cnn = median["xgboost"]["accuracy"], median["cnn_lstm"]["accuracy"]

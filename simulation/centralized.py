@@ -110,7 +110,7 @@ def run_centralized(cfg: DictConfig, out_dir: Path) -> dict:
         "leaky": protocol.leaky,
         "leaky_reason": LEAKY_MARK if protocol.leaky else None,
         "seeds": seeds,
-        "data": table.summary(),
+        "data": {**table.summary(), "path": Path(table.path).name},  # file name only: no machine paths
         "split": data_info,
         "per_seed": {str(s): v for s, v in per_seed.items()},
         "median": summary,

@@ -43,7 +43,7 @@ def target_lines(results: dict[str, dict]) -> list[str]:
 def combined_table(results: dict[str, dict]) -> str:
     protocols = list(results)
     head = "| model | seed paper (acc) | " + " | ".join(
-        f"{p} acc | {p} F1" + (" (LEAKY)" if results[p]["leaky"] else "") for p in protocols
+        f"{p}{' (LEAKY)' if results[p]['leaky'] else ''} acc | F1" for p in protocols
     )
     lines = [head + " |", "|---|---|" + "---|---|" * len(protocols)]
     models = list(next(iter(results.values()))["median"])

@@ -75,7 +75,7 @@ def read_unsw_partitioned(path: str | Path, *, bad_records: BadRecordPolicy = "e
         raise FlowDataError(path, "no flow records after the header", expected="at least one record")
     frame = records.frame()[[*NUMERIC, *CATEGORICAL, ATTACK_CAT, LABEL]]
     frame = to_numeric_columns(records, frame, NUMERIC, policy=bad_records)
-    frame = _labels(records, frame, bad_records)
+    frame = parse_binary_labels(records, frame, bad_records)
     for column in CATEGORICAL:
         frame[column] = frame[column].astype(str).str.strip().str.lower().replace("", "-")
     frame[ATTACK_CAT] = frame[ATTACK_CAT].astype(str).map(normalise_family)
@@ -88,7 +88,7 @@ def read_unsw_partitioned(path: str | Path, *, bad_records: BadRecordPolicy = "e
     return table
 
 
-def _labels(records, frame, policy: BadRecordPolicy):
+def parse_binary_labels(records, frame, policy: BadRecordPolicy):
     """Check that ``label`` is 0 or 1 and store it as int8."""
     raw = frame[LABEL].astype(str).str.strip()
     bad = ~raw.isin(["0", "1"]).to_numpy()

@@ -23,7 +23,7 @@ from flows.readers.records import (
     split_csv,
     to_numeric_columns,
 )
-from flows.readers.unsw_partitioned import _labels, normalise_family
+from flows.readers.unsw_partitioned import normalise_family, parse_binary_labels
 from flows.table import ATTACK_CAT, DST_IP, DST_PORT, LABEL, SRC_IP, SRC_PORT, START_TIME, FlowTable
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def read_unsw_raw(
             frame.loc[blank, column] = "0"
     numeric = [n for n in names if n not in NOT_FEATURES and n not in CATEGORICAL]
     frame = to_numeric_columns(records, frame, [*numeric, START_TIME], policy=bad_records)
-    frame = _labels(records, frame, bad_records)
+    frame = parse_binary_labels(records, frame, bad_records)
     for column in (SRC_PORT, DST_PORT):
         frame = parse_ports(records, frame, column, bad_records)
     for column in (SRC_IP, DST_IP):

@@ -48,7 +48,7 @@ def combined_table(results: dict[str, dict]) -> str:
     lines = [head + " |", "|---|---|" + "---|---|" * len(protocols)]
     models = list(next(iter(results.values()))["median"])
     for name in models:
-        cells = [f"{100 * PAPER_ACCURACY.get(name, float('nan')):.1f}"]
+        cells = [f"{100 * PAPER_ACCURACY[name]:.1f}" if name in PAPER_ACCURACY else "-"]
         for p in protocols:
             m = results[p]["median"][name]
             cells += [f"{100 * m['accuracy']:.2f}", f"{100 * m['f1']:.2f}"]

@@ -1,0 +1,54 @@
+"""A client's local data in simulation: this node's partition of the run's TRAIN rows.
+
+The run's split comes from :mod:`flows.run_split` (the same in every process); partitions are cached per process.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from flows.partitioning import PartitionConfig, partition_from_config
+from flows.run_split import DataSettings, load_split
+from flows.table import FlowTable
+
+def partition_config_from_run_config(run_config: Mapping, n_clients: int) -> PartitionConfig:
+    """The partition settings of the run config (``partition.*`` keys) for ``n_clients`` partitions."""
+    return PartitionConfig(
+        scheme=str(run_config.get("partition.scheme", "iid")),
+        n_clients=int(n_clients),
+        alpha=float(run_config.get("partition.alpha", 0.5)),
+        by=str(run_config.get("partition.by", "attack_cat")),
+        classes_per_client=int(run_config.get("partition.classes-per-client", 2)),
+        min_size=int(run_config.get("partition.min-size", 10)),
+    )
+
+
+_PARTITIONS: dict[tuple, list[np.ndarray]] = {}
+
+
+def _partitions(settings: DataSettings, config: PartitionConfig) -> list[np.ndarray]:
+    key = (settings, repr(config))  # PartitionConfig is not hashable
+    if key not in _PARTITIONS:
+        train, _ = load_split(settings)
+        _PARTITIONS.clear()
+        _PARTITIONS[key] = partition_from_config(train, config, settings.seed)
+    return _PARTITIONS[key]
+
+
+def client_partition(settings: DataSettings, config: PartitionConfig, partition_id: int) -> FlowTable:
+    """The training rows of partition ``partition_id`` (of ``config.n_clients``)."""
+    if not 0 <= partition_id < config.n_clients:
+        raise ValueError(f"partition-id {partition_id} outside 0..{config.n_clients - 1}")
+    train, _ = load_split(settings)
+    return train.subset(_partitions(settings, config)[partition_id])
+
+
+def local_validation_split(n_rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (fit, validation) row positions of a client's partition; validation may be empty."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val-fraction must be in [0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(n_rows)
+    n_val = int(round(fraction * n_rows)) if n_rows > 1 else 0
+    return np.sort(order[n_val:]), np.sort(order[:n_val])

@@ -1,0 +1,62 @@
+"""Local training and evaluation of the CNN-LSTM on one client's matrices (plain FedAvg local SGD).
+
+Unlike :func:`models.training.train_torch_classifier` there is no early stopping and no restoring of the best
+epoch: a federated client trains exactly ``epochs`` epochs from the broadcast weights and sends what it ends
+with, which is what FedAvg assumes.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from models.cnn_lstm import CNNLSTM
+from models.training import predict_logits
+
+def build_model(model_config: Mapping) -> CNNLSTM:
+    """The global model's architecture as broadcast by the server: ``{"n_features": ..., CNNLSTM kwargs}``."""
+    return CNNLSTM(**dict(model_config))
+
+
+def train_local(
+    model: nn.Module, X: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float, seed: int
+) -> float:
+    """Adam + BCEWithLogitsLoss for ``epochs`` epochs; returns the mean training loss of the last epoch."""
+    if epochs < 1:
+        raise ValueError(f"local-epochs must be >= 1, got {epochs}")
+    if len(X) == 0:
+        raise ValueError("no training rows on this client")
+    torch.manual_seed(seed)  # dropout
+    X_t = torch.tensor(np.asarray(X, dtype=np.float32))  # copies: the inputs may be read-only views
+    y_t = torch.tensor(np.asarray(y), dtype=torch.float32).reshape(-1)
+    loader = DataLoader(TensorDataset(X_t, y_t), batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.BCEWithLogitsLoss()
+    model.train()
+    loss_mean = float("nan")
+    for _ in range(epochs):
+        total, seen = 0.0, 0
+        for xb, yb in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(xb)
+            seen += len(xb)
+        loss_mean = total / max(seen, 1)
+    return loss_mean
+
+
+def evaluate_local(model: nn.Module, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(mean BCE loss, accuracy at logit 0) of ``model`` on (X, y)."""
+    logits = predict_logits(model, X)
+    y = np.asarray(y).reshape(-1)
+    loss = float(nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits),
+                                                                torch.as_tensor(y, dtype=torch.float32)))  # fmt: skip
+    accuracy = float(np.mean((logits >= 0).astype(np.int64) == y))
+    return loss, accuracy

@@ -1,0 +1,213 @@
+"""Flower ServerApp (Message API): federated feature pipeline, FedAvg, central evaluation, run outputs.
+
+1. query every connected node for the feature statistics of its training rows; merge them into the pipeline
+   state (no raw record leaves a client);
+2. broadcast the state (JSON in the train/evaluate ConfigRecord) and run FedAvg for ``num-server-rounds``,
+   evaluating the global model on the held-out test split after every round (and before the first);
+3. write ``metrics.json``, ``final.pt``/``best.pt`` (state_dict + model config + pipeline JSON) and
+   ``pipeline.json`` into the absolute ``out-dir``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from fl_server.data import held_out_test
+from fl_server.statistics import fit_pipeline_state
+from flows.pipeline import PipelineConfig
+from flows.pipeline_state import PipelineState
+from flows.table import LABEL
+from models.cnn_lstm import CNNLSTM
+from models.evaluation import detection_metrics
+from models.training import predict_logits
+
+log = logging.getLogger("flwr.botdefender.server")
+
+app = ServerApp()
+
+ARCH_KEYS = {"model.conv-channels": int, "model.lstm-hidden": int, "model.dense": int, "model.dropout": float}
+
+
+class RunConfigError(ValueError):
+    """A run-config value the app cannot use (values are not type-checked by ``flwr run``)."""
+
+
+def _out_dir(run_config) -> Path:
+    value = str(run_config.get("out-dir", ""))
+    if not value or not Path(value).is_absolute():
+        raise RunConfigError(f"out-dir must be an absolute path (the ServerApp's working directory is the "
+                             f"SuperLink's), got {value!r}")  # fmt: skip
+    path = Path(value)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def model_config(run_config, n_features: int) -> dict:
+    """CNNLSTM arguments: ``n_features`` plus the ``model.*`` sizes given in the run config."""
+    config: dict = {"n_features": int(n_features)}
+    for key, cast in ARCH_KEYS.items():
+        if key in run_config:
+            config[key.split(".", 1)[1].replace("-", "_")] = cast(run_config[key])
+    return config
+
+
+def _partition_id(reply: Message) -> int:
+    if reply.has_error() or "metrics" not in reply.content:
+        return -1
+    return int(reply.content["metrics"].get("partition-id", -1))
+
+
+class RecordingFedAvg(FedAvg):
+    """FedAvg that sorts replies by partition id (float sums independent of arrival order) and keeps each
+    client's train metrics per round."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.client_train: dict[int, list[dict]] = {}
+        self.client_evaluate: dict[int, list[dict]] = {}
+
+    @staticmethod
+    def _record(replies: list[Message]) -> list[dict]:
+        rows = []
+        for reply in replies:
+            if reply.has_error():
+                rows.append({"error": str(reply.error.reason), "node-id": int(reply.metadata.src_node_id)})
+            else:
+                rows.append({k: v for k, v in reply.content["metrics"].items()})
+        return rows
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = sorted(replies, key=_partition_id)
+        self.client_train[server_round] = self._record(replies)
+        return super().aggregate_train(server_round, replies)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        replies = sorted(replies, key=_partition_id)
+        self.client_evaluate[server_round] = self._record(replies)
+        return super().aggregate_evaluate(server_round, replies)
+
+
+def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= minimum:
+            return nodes
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(nodes)} node(s) connected after {timeout:.0f} s; min-nodes is {minimum}")
+        time.sleep(0.5)
+
+
+def query_pipeline_state(grid: Grid, nodes: list[int], config: PipelineConfig, timeout: float) -> PipelineState:
+    """Ask every node for its feature statistics and fit the pipeline state from their merge."""
+    messages = [
+        Message(content=RecordDict({"config": ConfigRecord({"log-transform": config.log_transform})}),
+                dst_node_id=node, message_type=MessageType.QUERY)  # fmt: skip
+        for node in nodes
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    errors = [f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()]
+    if errors or len(replies) != len(nodes):
+        raise RuntimeError(f"statistics query: {len(replies)}/{len(nodes)} replies; errors: {errors}")
+    state = fit_pipeline_state((r.content for r in replies), config, source="federated")
+    log.info("pipeline fitted from %d clients' statistics: %d records, %d model inputs", len(replies),
+             state.info["fitted_on_records"], state.n_outputs)  # fmt: skip
+    return state
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    started = time.perf_counter()
+    run_config = context.run_config
+    out_dir = _out_dir(run_config)
+    seed = int(run_config.get("seed", 0))
+    num_rounds = int(run_config.get("num-server-rounds", 3))
+    timeout = float(run_config.get("timeout", 3600))
+    pipeline_config = PipelineConfig(log_transform=bool(run_config.get("pipeline.log-transform", True)),
+                                     min_category_count=int(run_config.get("pipeline.min-category-count", 1)))  # fmt: skip
+
+    nodes = _wait_for_nodes(grid, int(run_config.get("min-nodes", 2)), float(run_config.get("node-wait", 120)))
+    log.info("%d node(s) connected", len(nodes))
+    state = query_pipeline_state(grid, nodes, pipeline_config, timeout)
+    state_json = state.to_json()
+
+    test = held_out_test(run_config)
+    X_test = state.transform(test.frame)
+    y_test = test.frame[LABEL].to_numpy(dtype=np.int64)
+    arch = model_config(run_config, state.n_outputs)
+    torch.manual_seed(seed)
+    model = CNNLSTM(**arch)
+
+    central: dict[int, dict] = {}
+    best: dict = {"round": -1, "f1": -1.0, "state_dict": None}
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        logits = predict_logits(model, X_test).astype(np.float64)
+        scores = 1.0 / (1.0 + np.exp(-logits))
+        metrics = detection_metrics(y_test, scores, threshold=state.threshold)
+        metrics["loss"] = float(np.mean(np.logaddexp(0.0, logits) - y_test * logits))  # BCE with logits
+        central[server_round] = metrics
+        if server_round > 0 and metrics["f1"] > best["f1"]:
+            best.update(round=server_round, f1=metrics["f1"], state_dict=copy.deepcopy(model.state_dict()))
+        log.info("round %d/%d: global loss %.4f acc %.4f f1 %.4f auc %.4f", server_round, num_rounds,
+                    metrics["loss"], metrics["accuracy"], metrics["f1"], metrics["roc_auc"])  # fmt: skip
+        return MetricRecord({k: float(metrics[k]) for k in ("loss", "accuracy", "precision", "recall", "f1", "roc_auc")})
+
+    n = len(nodes)
+    strategy = RecordingFedAvg(fraction_train=float(run_config.get("fraction-train", 1.0)),
+                               fraction_evaluate=float(run_config.get("fraction-evaluate", 1.0)),
+                               min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n)  # fmt: skip
+    broadcast = ConfigRecord({"pipeline-state": state_json, "model-config": json.dumps(arch)})
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=num_rounds,
+                            train_config=broadcast, evaluate_config=ConfigRecord(dict(broadcast)),
+                            evaluate_fn=evaluate_fn, timeout=timeout)  # fmt: skip
+
+    final_state = result.arrays.to_torch_state_dict()
+    for name, state_dict, round_ in (("final", final_state, num_rounds),
+                                     ("best", best["state_dict"] or final_state, best["round"])):  # fmt: skip
+        torch.save({"state_dict": state_dict, "model_config": arch, "pipeline_state": state_json, "round": round_},
+                   out_dir / f"{name}.pt")  # fmt: skip
+    state.save(out_dir / "pipeline.json")
+
+    def clean(metrics: dict) -> dict:
+        return {k: (_finite(v) if isinstance(v, float) else v) for k, v in metrics.items()}
+
+    rounds = []
+    for r in range(0, num_rounds + 1):
+        entry: dict = {"round": r, "global": clean(central.get(r, {}))}
+        if r > 0:
+            entry["clients_train"] = strategy.client_train.get(r, [])
+            entry["clients_evaluate"] = strategy.client_evaluate.get(r, [])
+        rounds.append(entry)
+    summary = {
+        "run_config": dict(run_config),
+        "nodes": len(nodes),
+        "pipeline": {"fitted_on_records": state.info["fitted_on_records"], "model_inputs": state.n_outputs},
+        "test_records": int(len(y_test)),
+        "model_config": arch,
+        "rounds": rounds,
+        "final": clean(central.get(num_rounds, {})),
+        "best_round": best["round"],
+        "seconds": time.perf_counter() - started,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    final = summary["final"]
+    log.info("done in %.1f s: final f1 %.4f acc %.4f (best round %d); outputs in %s", summary["seconds"],
+                final.get("f1", float("nan")), final.get("accuracy", float("nan")), best["round"], out_dir)  # fmt: skip

@@ -15,7 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from models.cnn_lstm import CNNLSTM
-from models.training import predict_logits
+from models.training import predict_logits, train_one_epoch
+
 
 def build_model(model_config: Mapping) -> CNNLSTM:
     """The global model's architecture as broadcast by the server: ``{"n_features": ..., CNNLSTM kwargs}``."""
@@ -37,18 +38,9 @@ def train_local(
                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.BCEWithLogitsLoss()
-    model.train()
     loss_mean = float("nan")
     for _ in range(epochs):
-        total, seen = 0.0, 0
-        for xb, yb in loader:
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(xb)
-            seen += len(xb)
-        loss_mean = total / max(seen, 1)
+        loss_mean = train_one_epoch(model, loader, optimizer, loss_fn)
     return loss_mean
 
 

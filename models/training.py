@@ -74,6 +74,28 @@ def _evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray, loss_fn: nn.Module
     return loss, acc
 
 
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    device: torch.device | None = None,
+) -> float:
+    """One pass over ``loader`` in training mode; returns the mean loss per row."""
+    model.train()
+    total, seen = 0.0, 0
+    for xb, yb in loader:
+        if device is not None:
+            xb, yb = xb.to(device), yb.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(xb)
+        seen += len(xb)
+    return total / max(seen, 1)
+
+
 def train_torch_classifier(
     model: nn.Module,
     X_train: np.ndarray,
@@ -127,17 +149,7 @@ def train_torch_classifier(
     start = time.perf_counter()
     bar = tqdm(range(epochs), desc="train", unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
-        model.train()
-        total, seen = 0.0, 0
-        for xb, yb in loader:
-            xb, yb = xb.to(device), yb.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(xb)
-            seen += len(xb)
-        train_loss = total / max(seen, 1)
+        train_loss = train_one_epoch(model, loader, optimizer, loss_fn, device)
         val_loss, val_acc = _evaluate(model, X_val, y_val, loss_fn)
         history.train_loss.append(train_loss)
         history.val_loss.append(val_loss)

@@ -1,0 +1,160 @@
+"""Run the project's Flower app with ``flwr run`` on a private local SuperLink, and own what it starts.
+
+``LocalFederation`` gives each harness its own FLWR_HOME, a short RAY_TMPDIR (Ray's socket paths must stay under
+107 bytes), an uncommon SuperLink port, no per-run dependency installation and no telemetry. Leaving the
+``with`` block (normally, on an error or on Ctrl-C) stops the SuperLink it started and every process of its and
+its children's process groups (Ray included), by pid: nothing is killed by name. See docs/flower-1.42-notes.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_TOML = '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+
+
+def free_port(start: int = 47000, stop: int = 48100) -> int:
+    """A free loopback port in an uncommon range (not Flower's 9091-9095 or 3909x defaults)."""
+    for port in range(start + os.getpid() % 1000, stop):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {start}-{stop}")
+
+
+def processes() -> list[tuple[int, int, int, list[str]]]:
+    """(pid, ppid, pgid, argv) of every process, read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found.append((int(entry.name), int(fields[1]), int(fields[2]), [a.decode(errors="replace") for a in argv if a]))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True for a running (not zombie) process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def superlink_pids(log_file: str) -> list[int]:
+    """SuperLinks whose ``--log-file`` argument is exactly ``log_file`` (ours, and only ours)."""
+    found = []
+    for pid, _, _, argv in processes():
+        if "--log-file" in argv:
+            i = argv.index("--log-file")
+            if i + 1 < len(argv) and argv[i + 1] == log_file:
+                found.append(pid)
+    return found
+
+
+def stop_superlink(log_file: str, grace: float = 10.0) -> list[int]:
+    """SIGTERM the SuperLink of ``log_file``, then SIGKILL what is left of its process groups; returns survivors."""
+    roots = superlink_pids(log_file)
+    if not roots:
+        return []
+    table = processes()
+    groups = {pgid for pid, _, pgid, _ in table if pid in roots}
+    groups |= {pgid for _, ppid, pgid, _ in table if ppid in roots}
+    for pid in roots:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p) for p in roots):
+        time.sleep(0.2)
+    for pid in [pid for pid, _, pgid, _ in processes() if pgid in groups and alive(pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(1.0)
+    return [pid for pid, _, pgid, _ in processes() if (pgid in groups or pid in roots) and alive(pid)]
+
+
+def format_run_config(values: dict) -> str:
+    """``--run-config`` text: TOML values, strings quoted (keys with dots stay dotted)."""
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        else:
+            text = "'" + str(value).replace("'", "") + "'"
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+@dataclass
+class RunResult:
+    status: str
+    seconds: float
+    log: str
+
+
+class LocalFederation:
+    """A private local SuperLink for ``flwr run`` (simulation runtime, Ray backend); a context manager."""
+
+    def __init__(self, home: Path, env_extra: dict | None = None) -> None:
+        self.home = Path(home)
+        self.env_extra = dict(env_extra or {})
+
+    def __enter__(self) -> "LocalFederation":
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.toml").write_text(CONFIG_TOML)
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="bdray", dir="/tmp"))
+        self.log_file = str(self.home / "local-superlink" / "superlink.log")
+        self.env = dict(os.environ, FLWR_HOME=str(self.home), RAY_TMPDIR=str(self.ray_tmp),
+                        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_TELEMETRY_ENABLED="0",
+                        FLWR_DISABLE_UPDATE_CHECK="1", RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
+                        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()), **self.env_extra)  # fmt: skip
+        flwr = Path(sys.executable).with_name("flwr")
+        self.flwr = str(flwr) if flwr.exists() else "flwr"
+        return self
+
+    def run(self, run_config: dict, *, num_supernodes: int, client_cpus: float, timeout: float) -> RunResult:
+        """``flwr run`` the project app to the end and read its status (``--stream`` exits 0 on failures)."""
+        federation = f"num-supernodes={int(num_supernodes)} client-resources-num-cpus={client_cpus}"
+        command = [self.flwr, "run", str(REPO), "local", "--stream", "--federation-config", federation,
+                   "--run-config", format_run_config(run_config)]  # fmt: skip
+        started = time.perf_counter()
+        run = subprocess.run(command, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+        seconds = time.perf_counter() - started
+        listing = subprocess.run([self.flwr, "ls", "local", "--format", "json"], cwd=REPO, env=self.env,
+                                 capture_output=True, text=True, timeout=60)  # fmt: skip
+        try:
+            status = json.loads(listing.stdout)["runs"][-1]["status"]
+        except (ValueError, KeyError, IndexError):
+            status = f"unknown (flwr ls: {listing.stdout.strip()[:200]} {listing.stderr.strip()[:200]})"
+        return RunResult(status=status, seconds=seconds, log=run.stdout + run.stderr)
+
+    def __exit__(self, *exc) -> None:
+        self.left = stop_superlink(self.log_file)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+        if self.left:
+            log.error("processes still alive after stopping the SuperLink: %s", self.left)

@@ -139,7 +139,8 @@ class LocalFederation:
 
     def run(self, run_config: dict, *, num_supernodes: int, client_cpus: float, timeout: float) -> RunResult:
         """``flwr run`` the project app to the end and read its status (``--stream`` exits 0 on failures)."""
-        federation = f"num-supernodes={int(num_supernodes)} client-resources-num-cpus={client_cpus}"
+        cpus = int(client_cpus) if float(client_cpus).is_integer() else client_cpus  # flwr wants an int here
+        federation = f"num-supernodes={int(num_supernodes)} client-resources-num-cpus={cpus}"
         command = [self.flwr, "run", str(REPO), "local", "--stream", "--federation-config", federation,
                    "--run-config", format_run_config(run_config)]  # fmt: skip
         started = time.perf_counter()

@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from simulation.flower_runtime import LocalFederation, superlink_pids
+from simulation.flower_runtime import processes, superlink_pids
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,16 +73,20 @@ def test_client_partitions_and_server_test_split_are_disjoint_and_cover(data_dir
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_flwr_run_end_to_end(tmp_path, data_dir):
+def test_python_m_simulation_end_to_end(tmp_path, data_dir):
+    """The command runs the Flower app under flwr run on Ray, writes its outputs and leaves no process behind."""
     out_dir = tmp_path / "out"
-    run_config = {"out-dir": str(out_dir), "data-dir": str(data_dir), "num-server-rounds": 2, "subsample": 3000,
-                  "seed": 0, "local-epochs": 10, "batch-size": 32, "lr": 0.003}
-    with LocalFederation(tmp_path / "flwr-home", {"BOTDEFENDER_DATA_DIR": str(data_dir)}) as federation:
-        result = federation.run(run_config, num_supernodes=3, client_cpus=1, timeout=300)
-    (tmp_path / "run.log").write_text(result.log)
-    lines = result.log.splitlines()
-    tail = "\n".join([l for l in lines if "ERROR" in l or "Error" in l][:20] + lines[-30:])
-    assert result.status == "finished:completed", f"status {result.status}; log tail:\n{tail}"
+    command = [sys.executable, "-m", "simulation", f"hydra.run.dir={out_dir}", "partition.n_clients=3",
+               "simulation.subsample=3000", "simulation.num_rounds=2", "simulation.local_epochs=10",
+               "simulation.batch_size=32", "simulation.lr=0.003", f"dataset.data_dir={data_dir}"]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=360)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "round   2:" in done.stdout and "final: accuracy" in done.stdout
+    assert not superlink_pids(str(out_dir / "flwr-home" / "local-superlink" / "superlink.log"))
+    assert not any(str(out_dir) in " ".join(argv) for _, _, _, argv in processes())
+    for name in ("partition_histogram.json", "partition_histogram.png", "metrics_per_round.png",
+                 "confusion_matrix.png", ".hydra/config.yaml"):  # fmt: skip
+        assert (out_dir / name).is_file(), name
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
     assert all(0.0 <= r["global"]["f1"] <= 1.0 for r in metrics["rounds"])
@@ -96,6 +104,20 @@ def test_flwr_run_end_to_end(tmp_path, data_dir):
     assert final["roc_auc"] > 0.75, final
     assert final["loss"] < first["loss"] - 0.05, (first, final)
     assert (out_dir / "final.pt").is_file() and (out_dir / "pipeline.json").is_file()
-    assert not federation.left, f"processes left after stopping the SuperLink: {federation.left}"
-    assert not superlink_pids(federation.log_file)
-    print(f"flwr run: {result.seconds:.1f} s; final f1 {final['f1']:.4f} acc {final['accuracy']:.4f}")
+    print(f"final f1 {final['f1']:.4f} acc {final['accuracy']:.4f}")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("strategy.name=krum", "unknown strategy 'krum'"),
+    ("partition.alpha=0", "alpha"),
+    ("dataset.data_dir=/nonexistent-botdefender", "data directory not found"),
+    ("partition.n_clients=500", "exceed the"),
+])  # fmt: skip
+def test_bad_configuration_fails_before_anything_starts(tmp_path, data_dir, override, message):
+    args = [sys.executable, "-m", "simulation", f"hydra.run.dir={tmp_path}", "simulation.subsample=2000", override]
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "BOTDEFENDER_DATA_DIR": str(data_dir)})  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last and "Traceback" not in done.stderr
+    assert not (tmp_path / "flwr-home").exists()  # nothing was started

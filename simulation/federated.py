@@ -1,0 +1,132 @@
+"""One federated simulation from a Hydra config: check it, run the Flower app on Ray, report and plot.
+
+Checks that can fail fail before anything starts (unknown strategy, alpha <= 0, a missing data folder, more
+clients than records). The run itself is ``flwr run`` on a private SuperLink owned by
+:class:`simulation.flower_runtime.LocalFederation`, which stops everything it started on the way out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from flows.loader import resolve_data_dir
+from flows.partitioning import PartitionConfig, class_histogram, partition_from_config
+from flows.run_split import DataSettings, load_split
+from simulation.flower_runtime import LocalFederation
+
+log = logging.getLogger(__name__)
+STRATEGIES = ("fedavg",)  # what the ServerApp implements today
+MODEL_KEYS = {"conv_channels": "model.conv-channels", "lstm_hidden": "model.lstm-hidden", "dense": "model.dense",
+              "dropout": "model.dropout"}  # fmt: skip
+
+
+class SimulationConfigError(ValueError):
+    """A configuration the simulation refuses before starting anything."""
+
+
+def partition_config(cfg: DictConfig) -> PartitionConfig:
+    fields = {k: cfg.partition[k] for k in PartitionConfig.__dataclass_fields__ if k in cfg.partition}
+    return PartitionConfig(**fields)
+
+
+def check_config(cfg: DictConfig) -> tuple[Path, PartitionConfig, DataSettings]:
+    """Everything that can be checked before launching; raises SimulationConfigError with one clear line."""
+    if cfg.strategy.name not in STRATEGIES:
+        raise SimulationConfigError(f"unknown strategy {cfg.strategy.name!r}: available {', '.join(STRATEGIES)}")
+    try:
+        partition = partition_config(cfg)
+    except ValueError as err:
+        raise SimulationConfigError(f"partition: {err}") from None
+    data_dir = resolve_data_dir(cfg.dataset.data_dir)
+    settings = DataSettings(data_dir=str(data_dir.resolve()), dataset=cfg.dataset.name,
+                            subsample=int(cfg.simulation.subsample), test_size=float(cfg.simulation.test_size),
+                            seed=int(cfg.seed))  # fmt: skip
+    train, _ = load_split(settings)
+    if partition.n_clients * partition.min_size > len(train):
+        raise SimulationConfigError(
+            f"{partition.n_clients} clients x min_size {partition.min_size} exceed the {len(train)} training records"
+        )
+    return data_dir.resolve(), partition, settings
+
+
+def run_config(cfg: DictConfig, out_dir: Path, settings: DataSettings, partition: PartitionConfig) -> dict:
+    """The Flower run config (flat keys, bool/int/float/str) of this Hydra config."""
+    values = {
+        "out-dir": str(out_dir.resolve()), "data-dir": settings.data_dir, "dataset": settings.dataset,
+        "seed": settings.seed, "subsample": settings.subsample, "test-size": settings.test_size,
+        "val-fraction": float(cfg.simulation.val_fraction), "num-server-rounds": int(cfg.simulation.num_rounds),
+        "local-epochs": int(cfg.simulation.local_epochs), "batch-size": int(cfg.simulation.batch_size),
+        "lr": float(cfg.simulation.lr), "client-threads": int(cfg.simulation.client_threads),
+        "min-nodes": partition.n_clients, "fraction-train": float(cfg.strategy.fraction_train),
+        "fraction-evaluate": float(cfg.strategy.fraction_evaluate),
+        "partition.scheme": partition.scheme, "partition.alpha": float(partition.alpha),
+        "partition.by": partition.by, "partition.classes-per-client": int(partition.classes_per_client),
+        "partition.min-size": int(partition.min_size),
+        "pipeline.log-transform": bool(cfg.pipeline.log_transform),
+        "pipeline.min-category-count": int(cfg.pipeline.min_category_count),
+    }  # fmt: skip
+    for name, key in MODEL_KEYS.items():
+        if name in cfg.model.params:
+            values[key] = cfg.model.params[name]
+    return values
+
+
+def write_partition_outputs(settings: DataSettings, partition: PartitionConfig, out_dir: Path) -> dict:
+    """Per-client class histogram (JSON and PNG) of the partition the clients will derive."""
+    from simulation.partition_plots import write_partition_report
+
+    train, _ = load_split(settings)
+    parts = partition_from_config(train, partition, settings.seed)
+    histogram = class_histogram(train, parts, partition.by)
+    title = f"{partition.scheme} (alpha {partition.alpha}) over {partition.by}, {partition.n_clients} clients"
+    write_partition_report(histogram, out_dir, title)
+    return histogram
+
+
+def write_round_plots(metrics: dict, out_dir: Path) -> None:
+    """Global metrics per round and the final confusion matrix, as PNG."""
+    import matplotlib.pyplot as plt
+
+    from simulation.plots import plot_confusion_matrices
+
+    rounds = [r["round"] for r in metrics["rounds"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("accuracy", "precision", "recall", "f1", "roc_auc"):
+        ax.plot(rounds, [r["global"].get(key, float("nan")) for r in metrics["rounds"]], marker="o", label=key)
+    ax.set_xlabel("round")
+    ax.set_ylabel("global model on the held-out split")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "metrics_per_round.png", dpi=110)
+    plt.close(fig)
+    matrix = metrics.get("final", {}).get("confusion_matrix")
+    if matrix:
+        plot_confusion_matrices({"global model": matrix}, out_dir / "confusion_matrix.png", "final round")
+
+
+def run_federated(cfg: DictConfig, out_dir: Path) -> dict:
+    """Check, launch, wait, report. Returns the ServerApp's metrics.json content."""
+    _, partition, settings = check_config(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_partition_outputs(settings, partition, out_dir)
+    values = run_config(cfg, out_dir, settings, partition)
+    log.info("starting flwr run: %d clients, %d rounds", partition.n_clients, values["num-server-rounds"])
+    with LocalFederation(out_dir / "flwr-home") as federation:
+        result = federation.run(values, num_supernodes=partition.n_clients,
+                                client_cpus=float(cfg.simulation.client_cpus),
+                                timeout=float(cfg.simulation.timeout))  # fmt: skip
+    (out_dir / "flwr-run.log").write_text(result.log)
+    shutil.rmtree(out_dir / "flwr-home" / "apps", ignore_errors=True)  # a copy of the code per run: not an output
+    if federation.left:
+        log.error("processes left running: %s", federation.left)
+    if result.status != "finished:completed":
+        raise RuntimeError(f"flwr run ended {result.status}; see {out_dir / 'flwr-run.log'}")
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    write_round_plots(metrics, out_dir)
+    metrics["wall_seconds"] = round(result.seconds, 1)
+    return metrics

@@ -33,10 +33,6 @@ def main(cfg: DictConfig) -> None:
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
-    for entry in metrics["rounds"]:
-        g = entry["global"]
-        print(f"round {entry['round']:>3}: loss {g.get('loss', float('nan')):.4f} acc {g['accuracy']:.4f} "
-              f"f1 {g['f1']:.4f} auc {g.get('roc_auc', float('nan')):.4f}")  # fmt: skip
     final = metrics["final"]
     print(f"final: accuracy {final['accuracy']:.4f} f1 {final['f1']:.4f} ({metrics['wall_seconds']} s); "
           f"outputs: {out_dir}")  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from flows.run_split import DataSettings, load_split
 from simulation.flower_runtime import LocalFederation
 
 log = logging.getLogger(__name__)
+ROUND_LINE = re.compile(r"round \d+/\d+: global .*")
 STRATEGIES = ("fedavg",)  # what the ServerApp implements today
 MODEL_KEYS = {"conv_channels": "model.conv-channels", "lstm_hidden": "model.lstm-hidden", "dense": "model.dense",
               "dropout": "model.dropout"}  # fmt: skip
@@ -109,6 +111,13 @@ def write_round_plots(metrics: dict, out_dir: Path) -> None:
         plot_confusion_matrices({"global model": matrix}, out_dir / "confusion_matrix.png", "final round")
 
 
+def show_round(line: str) -> None:
+    """Progress: one line per round (the ServerApp logs 'round N/M: global ...' after each evaluation)."""
+    match = ROUND_LINE.search(line)
+    if match:
+        print(match.group(0), flush=True)
+
+
 def run_federated(cfg: DictConfig, out_dir: Path) -> dict:
     """Check, launch, wait, report. Returns the ServerApp's metrics.json content."""
     _, partition, settings = check_config(cfg)
@@ -119,7 +128,7 @@ def run_federated(cfg: DictConfig, out_dir: Path) -> dict:
     with LocalFederation(out_dir / "flwr-home") as federation:
         result = federation.run(values, num_supernodes=partition.n_clients,
                                 client_cpus=float(cfg.simulation.client_cpus),
-                                timeout=float(cfg.simulation.timeout))  # fmt: skip
+                                timeout=float(cfg.simulation.timeout), on_line=show_round)  # fmt: skip
     (out_dir / "flwr-run.log").write_text(result.log)
     shutil.rmtree(out_dir / "flwr-home" / "apps", ignore_errors=True)  # a copy of the code per run: not an output
     if federation.left:

@@ -11,18 +11,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 CONFIG_TOML = '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
 
 
@@ -137,14 +141,30 @@ class LocalFederation:
         self.flwr = str(flwr) if flwr.exists() else "flwr"
         return self
 
-    def run(self, run_config: dict, *, num_supernodes: int, client_cpus: float, timeout: float) -> RunResult:
-        """``flwr run`` the project app to the end and read its status (``--stream`` exits 0 on failures)."""
+    def run(self, run_config: dict, *, num_supernodes: int, client_cpus: float, timeout: float,
+            on_line: Callable[[str], None] | None = None) -> RunResult:
+        """``flwr run`` the project app to the end and read its status (``--stream`` exits 0 on failures).
+
+        Every output line goes to ``on_line`` as it arrives (ANSI colours removed), for live progress.
+        """
         cpus = int(client_cpus) if float(client_cpus).is_integer() else client_cpus  # flwr wants an int here
         federation = f"num-supernodes={int(num_supernodes)} client-resources-num-cpus={cpus}"
         command = [self.flwr, "run", str(REPO), "local", "--stream", "--federation-config", federation,
                    "--run-config", format_run_config(run_config)]  # fmt: skip
         started = time.perf_counter()
-        run = subprocess.run(command, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+        lines: list[str] = []
+        with subprocess.Popen(command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, bufsize=1) as process:  # fmt: skip
+            timer = threading.Timer(timeout, process.kill)  # our own child, by handle
+            timer.start()
+            try:
+                for line in process.stdout:
+                    clean = ANSI.sub("", line.rstrip("\n"))
+                    lines.append(clean)
+                    if on_line is not None:
+                        on_line(clean)
+            finally:
+                timer.cancel()
         seconds = time.perf_counter() - started
         listing = subprocess.run([self.flwr, "ls", "local", "--format", "json"], cwd=REPO, env=self.env,
                                  capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -152,7 +172,9 @@ class LocalFederation:
             status = json.loads(listing.stdout)["runs"][-1]["status"]
         except (ValueError, KeyError, IndexError):
             status = f"unknown (flwr ls: {listing.stdout.strip()[:200]} {listing.stderr.strip()[:200]})"
-        return RunResult(status=status, seconds=seconds, log=run.stdout + run.stderr)
+        if seconds >= timeout:
+            status = f"timed out after {timeout:.0f} s ({status})"
+        return RunResult(status=status, seconds=seconds, log="\n".join(lines) + "\n")
 
     def __exit__(self, *exc) -> None:
         self.left = stop_superlink(self.log_file)

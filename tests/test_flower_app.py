@@ -81,7 +81,7 @@ def test_python_m_simulation_end_to_end(tmp_path, data_dir):
                "simulation.batch_size=32", "simulation.lr=0.003", f"dataset.data_dir={data_dir}"]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=360)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "round   2:" in done.stdout and "final: accuracy" in done.stdout
+    assert "round 2/2: global" in done.stdout and "final: accuracy" in done.stdout
     assert not superlink_pids(str(out_dir / "flwr-home" / "local-superlink" / "superlink.log"))
     assert not any(str(out_dir) in " ".join(argv) for _, _, _, argv in processes())
     for name in ("partition_histogram.json", "partition_histogram.png", "metrics_per_round.png",

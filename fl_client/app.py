@@ -21,10 +21,10 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl_client.data import client_partition, local_validation_split, partition_config_from_run_config
-from flows.run_split import DataSettings
 from fl_client.statistics import statistics_records
 from fl_client.training import build_model, evaluate_local, train_local
 from flows.pipeline_state import PipelineState
+from flows.run_split import DataSettings
 from flows.table import LABEL, FlowTable
 
 log = logging.getLogger("flwr.botdefender.client")
@@ -44,9 +44,10 @@ _MATRICES: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = 
 
 def _matrices(context: Context, state_json: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(X_fit, y_fit, X_val, y_val) of this client under the broadcast pipeline (cached per process)."""
-    partition_id, table = _partition(context)
+    partition_id = int(context.node_config["partition-id"])
     key = (partition_id, DataSettings.from_run_config(context.run_config), state_json)
     if key not in _MATRICES:
+        _, table = _partition(context)
         state = PipelineState.from_json(state_json)
         seed = int(context.run_config.get("seed", 0))
         fit_rows, val_rows = local_validation_split(len(table), float(context.run_config.get("val-fraction", 0.1)),

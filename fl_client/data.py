@@ -13,6 +13,14 @@ from flows.partitioning import PartitionConfig, partition_from_config
 from flows.run_split import DataSettings, load_split
 from flows.table import FlowTable
 
+def partition_run_config(config: PartitionConfig) -> dict:
+    """The ``partition.*`` run-config keys of ``config`` (read back by :func:`partition_config_from_run_config`)."""
+    return {
+        "partition.scheme": config.scheme, "partition.alpha": float(config.alpha), "partition.by": config.by,
+        "partition.classes-per-client": int(config.classes_per_client), "partition.min-size": int(config.min_size),
+    }  # fmt: skip
+
+
 def partition_config_from_run_config(run_config: Mapping, n_clients: int) -> PartitionConfig:
     """The partition settings of the run config (``partition.*`` keys) for ``n_clients`` partitions."""
     return PartitionConfig(

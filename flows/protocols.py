@@ -103,7 +103,7 @@ def working_table(table: FlowTable, config: ProtocolConfig) -> tuple[FlowTable, 
         info["duplicates_removed"] = removed
     if config.drop_ttl:
         table = table.drop_features(TTL_FEATURES)
-        info["dropped_features"] = [f for f in TTL_FEATURES]
+        info["dropped_features"] = list(TTL_FEATURES)
     return table, info
 
 

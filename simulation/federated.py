@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from fl_client.data import partition_run_config
 from flows.loader import resolve_data_dir
 from flows.partitioning import PartitionConfig, class_histogram, partition_from_config
 from flows.run_split import DataSettings, load_split
@@ -66,9 +67,7 @@ def run_config(cfg: DictConfig, out_dir: Path, settings: DataSettings, partition
         "lr": float(cfg.simulation.lr), "client-threads": int(cfg.simulation.client_threads),
         "min-nodes": partition.n_clients, "fraction-train": float(cfg.strategy.fraction_train),
         "fraction-evaluate": float(cfg.strategy.fraction_evaluate),
-        "partition.scheme": partition.scheme, "partition.alpha": float(partition.alpha),
-        "partition.by": partition.by, "partition.classes-per-client": int(partition.classes_per_client),
-        "partition.min-size": int(partition.min_size),
+        **partition_run_config(partition),
         "pipeline.log-transform": bool(cfg.pipeline.log_transform),
         "pipeline.min-category-count": int(cfg.pipeline.min_category_count),
     }  # fmt: skip

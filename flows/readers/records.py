@@ -78,7 +78,6 @@ def split_csv(
     skipped: dict[str, int] = {}
     reader = csv.reader(io.StringIO(text))
     n_fields = len(columns)
-    line_no = first_line - 1
     for record in reader:
         line_no = first_line + reader.line_num - 1
         if not record or (len(record) == 1 and not record[0].strip()):

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from models.cnn_lstm import CNNLSTM
+from models.evaluation import bce_with_logits
 from models.training import predict_logits, train_one_epoch
 
 
@@ -48,7 +49,6 @@ def evaluate_local(model: nn.Module, X: np.ndarray, y: np.ndarray) -> tuple[floa
     """(mean BCE loss, accuracy at logit 0) of ``model`` on (X, y)."""
     logits = predict_logits(model, X)
     y = np.asarray(y).reshape(-1)
-    loss = float(nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits),
-                                                                torch.as_tensor(y, dtype=torch.float32)))  # fmt: skip
+    loss = bce_with_logits(logits, y)
     accuracy = float(np.mean((logits >= 0).astype(np.int64) == y))
     return loss, accuracy

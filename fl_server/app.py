@@ -30,7 +30,7 @@ from flows.pipeline import PipelineConfig
 from flows.pipeline_state import PipelineState
 from flows.table import LABEL
 from models.cnn_lstm import CNNLSTM
-from models.evaluation import detection_metrics
+from models.evaluation import bce_with_logits, detection_metrics
 from models.training import predict_logits
 
 log = logging.getLogger("flwr.botdefender.server")
@@ -162,7 +162,7 @@ def main(grid: Grid, context: Context) -> None:
         logits = predict_logits(model, X_test).astype(np.float64)
         scores = 1.0 / (1.0 + np.exp(-logits))
         metrics = detection_metrics(y_test, scores, threshold=state.threshold)
-        metrics["loss"] = float(np.mean(np.logaddexp(0.0, logits) - y_test * logits))  # BCE with logits
+        metrics["loss"] = bce_with_logits(logits, y_test)
         central[server_round] = metrics
         if server_round > 0 and metrics["f1"] > best["f1"]:
             best.update(round=server_round, f1=metrics["f1"], state_dict=copy.deepcopy(model.state_dict()))

@@ -22,3 +22,10 @@ def detection_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float =
         "threshold": float(threshold),
         "n": int(len(y_true)),
     }
+
+
+def bce_with_logits(logits: np.ndarray, y_true: np.ndarray) -> float:
+    """Mean binary cross-entropy of logits, computed stably in numpy (log(1 + e^z) - y z)."""
+    logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+    y_true = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    return float(np.mean(np.logaddexp(0.0, logits) - y_true * logits))

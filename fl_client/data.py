@@ -1,14 +1,20 @@
-"""A client's local data in simulation: this node's partition of the run's TRAIN rows.
+"""A client's local data: in simulation its partition of the run's TRAIN rows, on a gateway its own capture.
 
-The run's split comes from :mod:`flows.run_split` (the same in every process); partitions are cached per process.
+* simulation: ``node_config = {"partition-id", "num-partitions"}``; the run's split comes from
+  :mod:`flows.run_split` (the same in every process) and partitions are cached per process;
+* real gateway (a Flower SuperNode): ``node_config = {"data-path": FILE}`` and optionally ``"dataset"`` (the
+  reader to use; default: the run's ``dataset``). Every record of the file is a local training record.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Mapping
 
 import numpy as np
 
+from flows.errors import ConfigError
+from flows.loader import load_file
 from flows.partitioning import PartitionConfig, partition_from_config
 from flows.run_split import DataSettings, load_split
 from flows.table import FlowTable
@@ -60,3 +66,22 @@ def local_validation_split(n_rows: int, fraction: float, seed: int) -> tuple[np.
     order = np.random.default_rng(seed).permutation(n_rows)
     n_val = int(round(fraction * n_rows)) if n_rows > 1 else 0
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+@lru_cache(maxsize=1)
+def _gateway_table(dataset: str, path: str, bad_records: str) -> FlowTable:
+    return load_file(dataset, path, bad_records)  # type: ignore[arg-type]
+
+
+def local_table(run_config: Mapping, node_config: Mapping) -> tuple[int, FlowTable]:
+    """(partition id, or -1 on a gateway; this node's training records) from the node config."""
+    if "partition-id" in node_config:
+        partition_id = int(node_config["partition-id"])
+        config = partition_config_from_run_config(run_config, int(node_config["num-partitions"]))
+        return partition_id, client_partition(DataSettings.from_run_config(run_config), config, partition_id)
+    if "data-path" in node_config:
+        dataset = str(node_config.get("dataset", run_config.get("dataset", "unsw-nb15")))
+        bad_records = str(node_config.get("bad-records", "skip"))
+        return -1, _gateway_table(dataset, str(node_config["data-path"]), bad_records)
+    raise ConfigError("node config has neither partition-id (simulation) nor data-path (gateway); start the "
+                      "SuperNode with --node-config \"data-path='FILE'\"")  # fmt: skip

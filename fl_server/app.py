@@ -1,8 +1,9 @@
-"""Flower ServerApp (Message API): federated feature pipeline, FedAvg, central evaluation, run outputs.
+"""Flower ServerApp (Message API): federated feature pipeline, configured strategy, central evaluation, outputs.
 
 1. query every connected node for the feature statistics of its training rows; merge them into the pipeline
    state (no raw record leaves a client);
-2. broadcast the state (JSON in the train/evaluate ConfigRecord) and run FedAvg for ``num-server-rounds``,
+2. broadcast the state (JSON in the train/evaluate ConfigRecord) and run the configured Flower strategy
+   (``strategy.name``, ``strategy.params`` JSON; see :mod:`strategies.registry`) for ``num-server-rounds``,
    evaluating the global model on the held-out test split after every round (and before the first);
 3. write ``metrics.json``, ``final.pt``/``best.pt`` (state_dict + model config + pipeline JSON) and
    ``pipeline.json`` into the absolute ``out-dir``.
@@ -22,16 +23,16 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
 from fl_server.data import held_out_test
-from fl_server.statistics import fit_pipeline_state
+from fl_server.statistics import fit_pipeline_state, node_rank
 from flows.pipeline import PipelineConfig
 from flows.pipeline_state import PipelineState
 from flows.table import LABEL
 from models.cnn_lstm import CNNLSTM
 from models.evaluation import bce_with_logits, detection_metrics
 from models.training import predict_logits
+from strategies.registry import build_strategy
 
 log = logging.getLogger("flwr.botdefender.server")
 
@@ -63,42 +64,6 @@ def model_config(run_config, n_features: int) -> dict:
     return config
 
 
-def _partition_id(reply: Message) -> int:
-    if reply.has_error() or "metrics" not in reply.content:
-        return -1
-    return int(reply.content["metrics"].get("partition-id", -1))
-
-
-class RecordingFedAvg(FedAvg):
-    """FedAvg that sorts replies by partition id (float sums independent of arrival order) and keeps each
-    client's train metrics per round."""
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.client_train: dict[int, list[dict]] = {}
-        self.client_evaluate: dict[int, list[dict]] = {}
-
-    @staticmethod
-    def _record(replies: list[Message]) -> list[dict]:
-        rows = []
-        for reply in replies:
-            if reply.has_error():
-                rows.append({"error": str(reply.error.reason), "node-id": int(reply.metadata.src_node_id)})
-            else:
-                rows.append({k: v for k, v in reply.content["metrics"].items()})
-        return rows
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        replies = sorted(replies, key=_partition_id)
-        self.client_train[server_round] = self._record(replies)
-        return super().aggregate_train(server_round, replies)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
-        replies = sorted(replies, key=_partition_id)
-        self.client_evaluate[server_round] = self._record(replies)
-        return super().aggregate_evaluate(server_round, replies)
-
-
 def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:
@@ -110,8 +75,13 @@ def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
         time.sleep(0.5)
 
 
-def query_pipeline_state(grid: Grid, nodes: list[int], config: PipelineConfig, timeout: float) -> PipelineState:
-    """Ask every node for its feature statistics and fit the pipeline state from their merge."""
+def query_pipeline_state(
+    grid: Grid, nodes: list[int], config: PipelineConfig, timeout: float
+) -> tuple[PipelineState, dict[int, int]]:
+    """Ask every node for its feature statistics; fit the pipeline state from their merge.
+
+    Also returns node id -> partition id for the nodes that have one (simulation), which ranks nodes for
+    seeded sampling and ordered aggregation."""
     messages = [
         Message(content=RecordDict({"config": ConfigRecord({"log-transform": config.log_transform})}),
                 dst_node_id=node, message_type=MessageType.QUERY)  # fmt: skip
@@ -124,7 +94,8 @@ def query_pipeline_state(grid: Grid, nodes: list[int], config: PipelineConfig, t
     state = fit_pipeline_state((r.content for r in replies), config, source="federated")
     log.info("pipeline fitted from %d clients' statistics: %d records, %d model inputs", len(replies),
              state.info["fitted_on_records"], state.n_outputs)  # fmt: skip
-    return state
+    ranks = {int(r.metadata.src_node_id): node_rank(r.content) for r in replies}
+    return state, {node: rank for node, rank in ranks.items() if rank is not None}
 
 
 def _finite(value: float) -> float | None:
@@ -144,7 +115,7 @@ def main(grid: Grid, context: Context) -> None:
 
     nodes = _wait_for_nodes(grid, int(run_config.get("min-nodes", 2)), float(run_config.get("node-wait", 120)))
     log.info("%d node(s) connected", len(nodes))
-    state = query_pipeline_state(grid, nodes, pipeline_config, timeout)
+    state, ranks = query_pipeline_state(grid, nodes, pipeline_config, timeout)
     state_json = state.to_json()
 
     test = held_out_test(run_config)
@@ -157,23 +128,34 @@ def main(grid: Grid, context: Context) -> None:
     central: dict[int, dict] = {}
     best: dict = {"round": -1, "f1": -1.0, "state_dict": None}
 
+    round_ends: dict[int, float] = {}
+
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        eval_started = time.perf_counter()
         model.load_state_dict(arrays.to_torch_state_dict())
         logits = predict_logits(model, X_test).astype(np.float64)
         scores = 1.0 / (1.0 + np.exp(-logits))
         metrics = detection_metrics(y_test, scores, threshold=state.threshold)
         metrics["loss"] = bce_with_logits(logits, y_test)
+        metrics["central_eval_seconds"] = time.perf_counter() - eval_started
+        round_ends[server_round] = time.perf_counter()
+        if server_round - 1 in round_ends:  # one whole round: train, client evaluate, central evaluation
+            metrics["round_seconds"] = round_ends[server_round] - round_ends[server_round - 1]
         central[server_round] = metrics
         if server_round > 0 and metrics["f1"] > best["f1"]:
             best.update(round=server_round, f1=metrics["f1"], state_dict=copy.deepcopy(model.state_dict()))
-        log.info("round %d/%d: global loss %.4f acc %.4f f1 %.4f auc %.4f", server_round, num_rounds,
-                    metrics["loss"], metrics["accuracy"], metrics["f1"], metrics["roc_auc"])  # fmt: skip
+        log.info("round %d/%d: global loss %.4f acc %.4f f1 %.4f auc %.4f (%.1f s)", server_round, num_rounds,
+                 metrics["loss"], metrics["accuracy"], metrics["f1"], metrics["roc_auc"],
+                 metrics.get("round_seconds", 0.0))  # fmt: skip
         return MetricRecord({k: float(metrics[k]) for k in ("loss", "accuracy", "precision", "recall", "f1", "roc_auc")})
 
-    n = len(nodes)
-    strategy = RecordingFedAvg(fraction_train=float(run_config.get("fraction-train", 1.0)),
-                               fraction_evaluate=float(run_config.get("fraction-evaluate", 1.0)),
-                               min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n)  # fmt: skip
+    strategy = build_strategy(str(run_config.get("strategy.name", "fedavg")),
+                              json.loads(str(run_config.get("strategy.params", "{}"))), n_nodes=len(nodes),
+                              fraction_train=float(run_config.get("fraction-train", 1.0)),
+                              fraction_evaluate=float(run_config.get("fraction-evaluate", 1.0)),
+                              min_nodes=int(run_config.get("strategy.min-nodes", 2)), seed=seed,
+                              node_ranks=ranks)  # fmt: skip
+    log.info("strategy %s", type(strategy).__name__)
     broadcast = ConfigRecord({"pipeline-state": state_json, "model-config": json.dumps(arch)})
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=num_rounds,
                             train_config=broadcast, evaluate_config=ConfigRecord(dict(broadcast)),
@@ -195,10 +177,13 @@ def main(grid: Grid, context: Context) -> None:
         if r > 0:
             entry["clients_train"] = strategy.client_train.get(r, [])
             entry["clients_evaluate"] = strategy.client_evaluate.get(r, [])
+            entry["sampled_train"] = strategy.sampled["train"].get(r, [])
+            entry["sampled_evaluate"] = strategy.sampled["evaluate"].get(r, [])
         rounds.append(entry)
     summary = {
         "run_config": dict(run_config),
         "nodes": len(nodes),
+        "strategy": type(strategy).__name__,
         "pipeline": {"fitted_on_records": state.info["fitted_on_records"], "model_inputs": state.n_outputs},
         "test_records": int(len(y_test)),
         "model_config": arch,

@@ -35,6 +35,14 @@ def statistics_from_records(content: RecordDict) -> tuple[dict, list[str], list[
     return result, numeric, categorical
 
 
+def node_rank(content: RecordDict) -> int | None:
+    """The partition id a simulated client reports in its query reply (``"node"`` record); None on a gateway."""
+    if "node" not in content:
+        return None
+    value = int(content["node"].get("partition-id", -1))
+    return value if value >= 0 else None
+
+
 def fit_pipeline_state(replies: Iterable[RecordDict], config: PipelineConfig, source: str = "") -> PipelineState:
     """Merge the clients' statistics and fit the pipeline state; all clients must report the same features."""
     shards, features = [], None

@@ -72,11 +72,22 @@ def load_dataset(
         raise FlowDataError(None, f"unknown dataset {name!r}", expected=f"one of {', '.join(DATASETS)}")
     root = resolve_data_dir(data_dir)
     if name == "unsw-nb15":
-        return read_unsw_partitioned(find_unsw_partition(root, file), bad_records=bad_records)
+        return load_file(name, find_unsw_partition(root, file), bad_records)
     if name == "unsw-nb15-raw":
         folder = root / "unsw-nb15" / "raw"
         path = folder / file if file else find_files(folder, "UNSW-NB15_*.csv", "raw UNSW-NB15 files")[0]
-        return read_unsw_raw(path, bad_records=bad_records)
+        return load_file(name, path, bad_records)
     folder = root / "iot-23"
     path = folder / file if file else find_files(folder, "*.conn.log.labeled", "IoT-23 conn.log.labeled files")[0]
-    return read_iot23_conn_log(path, bad_records=bad_records)
+    return load_file(name, path, bad_records)
+
+
+def load_file(name: str, path: str | Path, bad_records: BadRecordPolicy = "error") -> FlowTable:
+    """Read one file of data set ``name`` (a gateway's own capture, say) with that data set's reader."""
+    readers = {"unsw-nb15": read_unsw_partitioned, "unsw-nb15-raw": read_unsw_raw, "iot-23": read_iot23_conn_log}
+    if name not in readers:
+        raise FlowDataError(None, f"unknown dataset {name!r}", expected=f"one of {', '.join(DATASETS)}")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FlowDataError(path, "file not found")
+    return readers[name](path, bad_records=bad_records)

@@ -20,6 +20,9 @@ def smote(X: np.ndarray, y: np.ndarray, seed: int, k_neighbors: int = 5) -> tupl
     counts = np.bincount(y.astype(np.int64), minlength=2)
     if counts.min() == counts.max():
         return X, y, 0
+    if counts.min() == 0:
+        log.warning("SMOTE skipped: only one class present (counts %s)", counts.tolist())
+        return X, y, 0
     k = min(k_neighbors, int(counts[counts > 0].min()) - 1)
     if k < 1:
         log.warning("SMOTE skipped: the minority class has fewer than 2 records")

@@ -13,17 +13,17 @@ import re
 import shutil
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fl_client.data import partition_run_config
 from flows.loader import resolve_data_dir
 from flows.partitioning import PartitionConfig, class_histogram, partition_from_config
 from flows.run_split import DataSettings, load_split
 from simulation.flower_runtime import LocalFederation
+from strategies.registry import StrategyConfigError, check_strategy
 
 log = logging.getLogger(__name__)
 ROUND_LINE = re.compile(r"round \d+/\d+: global .*")
-STRATEGIES = ("fedavg",)  # what the ServerApp implements today
 MODEL_KEYS = {"conv_channels": "model.conv-channels", "lstm_hidden": "model.lstm-hidden", "dense": "model.dense",
               "dropout": "model.dropout"}  # fmt: skip
 
@@ -37,24 +37,39 @@ def partition_config(cfg: DictConfig) -> PartitionConfig:
     return PartitionConfig(**fields)
 
 
+def data_settings(cfg: DictConfig) -> DataSettings:
+    """The rows of the run (data folder checked here: a missing one fails before anything starts)."""
+    data_dir = resolve_data_dir(cfg.dataset.data_dir)
+    return DataSettings(data_dir=str(data_dir.resolve()), dataset=cfg.dataset.name,
+                        subsample=int(cfg.simulation.subsample), test_size=float(cfg.simulation.test_size),
+                        seed=int(cfg.seed))  # fmt: skip
+
+
 def check_config(cfg: DictConfig) -> tuple[Path, PartitionConfig, DataSettings]:
     """Everything that can be checked before launching; raises SimulationConfigError with one clear line."""
-    if cfg.strategy.name not in STRATEGIES:
-        raise SimulationConfigError(f"unknown strategy {cfg.strategy.name!r}: available {', '.join(STRATEGIES)}")
     try:
         partition = partition_config(cfg)
     except ValueError as err:
         raise SimulationConfigError(f"partition: {err}") from None
-    data_dir = resolve_data_dir(cfg.dataset.data_dir)
-    settings = DataSettings(data_dir=str(data_dir.resolve()), dataset=cfg.dataset.name,
-                            subsample=int(cfg.simulation.subsample), test_size=float(cfg.simulation.test_size),
-                            seed=int(cfg.seed))  # fmt: skip
+    try:
+        check_strategy(str(cfg.strategy.name), strategy_params(cfg), partition.n_clients,
+                       float(cfg.strategy.fraction_train), float(cfg.strategy.fraction_evaluate),
+                       min(int(cfg.strategy.min_nodes), partition.n_clients))  # fmt: skip
+    except StrategyConfigError as err:
+        raise SimulationConfigError(str(err)) from None
+    settings = data_settings(cfg)
     train, _ = load_split(settings)
     if partition.n_clients * partition.min_size > len(train):
         raise SimulationConfigError(
             f"{partition.n_clients} clients x min_size {partition.min_size} exceed the {len(train)} training records"
         )
-    return data_dir.resolve(), partition, settings
+    return Path(settings.data_dir), partition, settings
+
+
+def strategy_params(cfg: DictConfig) -> dict:
+    """The strategy's ``params`` as a plain dict (passed to Flower's class as they are)."""
+    params = cfg.strategy.get("params")
+    return dict(OmegaConf.to_container(params, resolve=True)) if params else {}  # type: ignore[arg-type]
 
 
 def run_config(cfg: DictConfig, out_dir: Path, settings: DataSettings, partition: PartitionConfig) -> dict:
@@ -67,6 +82,8 @@ def run_config(cfg: DictConfig, out_dir: Path, settings: DataSettings, partition
         "lr": float(cfg.simulation.lr), "client-threads": int(cfg.simulation.client_threads),
         "min-nodes": partition.n_clients, "fraction-train": float(cfg.strategy.fraction_train),
         "fraction-evaluate": float(cfg.strategy.fraction_evaluate),
+        "strategy.name": str(cfg.strategy.name), "strategy.params": json.dumps(strategy_params(cfg)),
+        "strategy.min-nodes": int(cfg.strategy.min_nodes), "smote": bool(cfg.simulation.smote),
         **partition_run_config(partition),
         "pipeline.log-transform": bool(cfg.pipeline.log_transform),
         "pipeline.min-category-count": int(cfg.pipeline.min_category_count),

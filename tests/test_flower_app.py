@@ -108,16 +108,39 @@ def test_python_m_simulation_end_to_end(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("strategy.name=krum", "unknown strategy 'krum'"),
+    ("strategy.name=nonsense", "unknown strategy 'nonsense'"),
+    ("strategy=bulyan", "4f+3"),  # 10 clients at 30% sampled, for f = 1
+    ("+strategy.params.mu=0.1", "unknown parameter(s) mu"),
     ("partition.alpha=0", "alpha"),
     ("dataset.data_dir=/nonexistent-botdefender", "data directory not found"),
     ("partition.n_clients=500", "exceed the"),
 ])  # fmt: skip
 def test_bad_configuration_fails_before_anything_starts(tmp_path, data_dir, override, message):
     args = [sys.executable, "-m", "simulation", f"hydra.run.dir={tmp_path}", "simulation.subsample=2000", override]
+    if override == "strategy=bulyan":
+        args.append("strategy.fraction_train=0.3")
     done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "BOTDEFENDER_DATA_DIR": str(data_dir)})  # fmt: skip
     assert done.returncode == 2, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last and "Traceback" not in done.stderr
     assert not (tmp_path / "flwr-home").exists()  # nothing was started
+
+
+def test_a_gateway_client_reads_its_own_capture_from_node_config(data_dir, tmp_path):
+    """A real SuperNode has no partition id: its rows are the file named by node_config["data-path"]."""
+    from fl_client.data import local_table
+    from flows.errors import ConfigError
+
+    capture = data_dir / "unsw-nb15" / "UNSW_NB15_testing-set.csv"
+    partition_id, table = local_table({"dataset": "unsw-nb15"}, {"data-path": str(capture)})
+    assert partition_id == -1 and len(table) == 82332
+    iot = sorted((data_dir / "iot-23").glob("*.conn.log.labeled"))[0]
+    _, iot_table = local_table({"dataset": "unsw-nb15"}, {"data-path": str(iot), "dataset": "iot-23"})
+    assert len(iot_table) > 0 and "src_ip" in iot_table.frame
+    with pytest.raises(ConfigError, match="neither partition-id"):
+        local_table({}, {})
+    from flows.errors import FlowDataError
+
+    with pytest.raises(FlowDataError, match="file not found"):
+        local_table({"dataset": "unsw-nb15"}, {"data-path": str(tmp_path / "missing.csv")})

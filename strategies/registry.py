@@ -1,0 +1,88 @@
+"""Build a Flower strategy from its config name and parameters, checked before anything starts.
+
+Every strategy is Flower's own class (``flwr.serverapp.strategy``) used as it is, behind
+:class:`strategies.deterministic.DeterministicMixin` for seeded sampling and ordered aggregation.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.serverapp import strategy as flwr_strategy
+
+from strategies.deterministic import DeterministicMixin
+
+STRATEGIES: dict[str, type] = {
+    "fedavg": flwr_strategy.FedAvg,
+    "fedprox": flwr_strategy.FedProx,
+    "fedavgm": flwr_strategy.FedAvgM,
+    "fedadam": flwr_strategy.FedAdam,
+    "fedmedian": flwr_strategy.FedMedian,
+    "fedtrimmedavg": flwr_strategy.FedTrimmedAvg,
+    "krum": flwr_strategy.Krum,
+    "multikrum": flwr_strategy.MultiKrum,
+    "bulyan": flwr_strategy.Bulyan,
+}
+# set by the harness, not by the strategy config
+MANAGED = {"fraction_train", "fraction_evaluate", "min_train_nodes", "min_evaluate_nodes", "min_available_nodes"}
+_CLASSES: dict[str, type] = {}
+
+
+class StrategyConfigError(ValueError):
+    """An unknown strategy, an unknown parameter or a combination the strategy cannot run."""
+
+
+def strategy_class(name: str) -> type:
+    """``DeterministicMixin`` + Flower's class for ``name`` (one class object per name)."""
+    if name not in STRATEGIES:
+        raise StrategyConfigError(f"unknown strategy {name!r}: available {', '.join(sorted(STRATEGIES))}")
+    if name not in _CLASSES:
+        base = STRATEGIES[name]
+        _CLASSES[name] = type(f"Deterministic{base.__name__}", (DeterministicMixin, base), {})
+    return _CLASSES[name]
+
+
+def sampled_count(n_nodes: int, fraction: float, minimum: int) -> int:
+    """How many nodes Flower samples: ``max(int(n * fraction), minimum)``."""
+    return max(int(n_nodes * fraction), minimum)
+
+
+def check_strategy(name: str, params: Mapping[str, Any], n_nodes: int, fraction_train: float,
+                   fraction_evaluate: float, min_nodes: int = 2) -> None:  # fmt: skip
+    """Raise :class:`StrategyConfigError` with one clear line for what the strategy could not run."""
+    base = STRATEGIES.get(name) or strategy_class(name)
+    accepted = set(inspect.signature(base.__init__).parameters) - {"self"} - MANAGED
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise StrategyConfigError(f"strategy {name}: unknown parameter(s) {', '.join(unknown)}; "
+                                  f"accepted: {', '.join(sorted(accepted))}")  # fmt: skip
+    for label, fraction in (("fraction_train", fraction_train), ("fraction_evaluate", fraction_evaluate)):
+        if not 0.0 < fraction <= 1.0:
+            raise StrategyConfigError(f"strategy {name}: {label} must be in (0, 1], got {fraction}")
+    if not 1 <= min_nodes <= n_nodes:
+        raise StrategyConfigError(f"strategy {name}: min_nodes must be in 1..{n_nodes}, got {min_nodes}")
+    sampled = sampled_count(n_nodes, fraction_train, min_nodes)
+    f = int(params.get("num_malicious_nodes", 0))
+    if name == "bulyan" and sampled < 4 * f + 3:
+        raise StrategyConfigError(f"strategy bulyan needs at least 4f+3 = {4 * f + 3} sampled clients per round "
+                                  f"(f = num_malicious_nodes = {f}); it would get {sampled}")  # fmt: skip
+    if name in ("krum", "multikrum") and sampled < 2 * f + 3:
+        raise StrategyConfigError(f"strategy {name} needs at least 2f+3 = {2 * f + 3} sampled clients per round "
+                                  f"(f = num_malicious_nodes = {f}); it would get {sampled}")  # fmt: skip
+    if name == "fedtrimmedavg" and not 0.0 <= float(params.get("beta", 0.2)) < 0.5:
+        raise StrategyConfigError(f"strategy fedtrimmedavg: beta must be in [0, 0.5), got {params.get('beta')}")
+
+
+def build_strategy(name: str, params: Mapping[str, Any], *, n_nodes: int, fraction_train: float = 1.0,
+                   fraction_evaluate: float = 1.0, min_nodes: int = 2, seed: int = 0,
+                   node_ranks: Mapping[int, int] | None = None):  # fmt: skip
+    """The configured strategy for ``n_nodes`` connected nodes (all must connect before round 1)."""
+    min_nodes = min(min_nodes, n_nodes)
+    check_strategy(name, params, n_nodes, fraction_train, fraction_evaluate, min_nodes)
+    return strategy_class(name)(
+        fraction_train=fraction_train, fraction_evaluate=fraction_evaluate, min_train_nodes=min_nodes,
+        min_evaluate_nodes=min_nodes, min_available_nodes=n_nodes, seed=seed, node_ranks=node_ranks,
+        **dict(params),
+    )  # fmt: skip

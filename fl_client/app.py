@@ -69,6 +69,12 @@ def _model(msg: Message) -> torch.nn.Module:
     return model
 
 
+def round_lr(run_config, server_round: int) -> float:
+    """The clients' learning rate in ``server_round``: ``lr * lr-decay ** (round - 1)`` (same on every client)."""
+    decay = float(run_config.get("lr-decay", 1.0))
+    return float(run_config.get("lr", 1e-3)) * decay ** max(server_round - 1, 0)
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Reply with the feature statistics of this client's training rows."""
@@ -94,7 +100,7 @@ def train(msg: Message, context: Context) -> Message:
     seed = int(context.run_config.get("seed", 0)) * 1_000_003 + 7919 * partition_id + server_round
     loss = train_local(model, X, y, epochs=int(context.run_config.get("local-epochs", 1)),
                        batch_size=int(context.run_config.get("batch-size", 64)),
-                       lr=float(context.run_config.get("lr", 1e-3)), seed=seed,
+                       lr=round_lr(context.run_config, server_round), seed=seed,
                        proximal_mu=float(config.get("proximal-mu", 0.0)))  # fmt: skip
     log.info("client %d round %d: %d rows, train_loss %.4f", partition_id, server_round, len(X), loss)
     metrics = MetricRecord({"num-examples": int(len(X) - n_synthetic), "train_loss": float(loss),

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -20,13 +21,21 @@ from simulation.federated import SimulationConfigError, run_federated
 log = logging.getLogger("simulation")
 
 
+def _terminate(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="federated")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    signal.signal(signal.SIGTERM, _terminate)  # unwind like Ctrl-C, so the federation is stopped on the way out
     try:
         metrics = run_federated(cfg, out_dir)
+    except KeyboardInterrupt:
+        print(f"interrupted: the federation was stopped; partial outputs in {out_dir}", file=sys.stderr)
+        raise SystemExit(130) from None
     except (FlowDataError, SimulationConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

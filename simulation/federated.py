@@ -79,7 +79,7 @@ def run_config(cfg: DictConfig, out_dir: Path, settings: DataSettings, partition
         "seed": settings.seed, "subsample": settings.subsample, "test-size": settings.test_size,
         "val-fraction": float(cfg.simulation.val_fraction), "num-server-rounds": int(cfg.simulation.num_rounds),
         "local-epochs": int(cfg.simulation.local_epochs), "batch-size": int(cfg.simulation.batch_size),
-        "lr": float(cfg.simulation.lr), "client-threads": int(cfg.simulation.client_threads),
+        "lr": float(cfg.simulation.lr), "lr-decay": float(cfg.simulation.lr_decay), "client-threads": int(cfg.simulation.client_threads),
         "min-nodes": partition.n_clients, "fraction-train": float(cfg.strategy.fraction_train),
         "fraction-evaluate": float(cfg.strategy.fraction_evaluate),
         "strategy.name": str(cfg.strategy.name), "strategy.params": json.dumps(strategy_params(cfg)),

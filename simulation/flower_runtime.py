@@ -163,6 +163,9 @@ class LocalFederation:
                     lines.append(clean)
                     if on_line is not None:
                         on_line(clean)
+            except BaseException:  # Ctrl-C, SIGTERM, an error in on_line: do not wait for flwr run to finish
+                process.kill()
+                raise
             finally:
                 timer.cancel()
         seconds = time.perf_counter() - started

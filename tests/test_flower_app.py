@@ -71,19 +71,34 @@ def test_client_partitions_and_server_test_split_are_disjoint_and_cover(data_dir
 # --- slow: flwr run end to end -----------------------------------------------------------------------------
 
 
+SMALL_RUN = ["partition.n_clients=3", "simulation.subsample=3000", "simulation.num_rounds=2",
+             "simulation.local_epochs=10", "simulation.batch_size=32", "simulation.lr=0.003"]
+
+
+def _run_simulation(args: list[str], log_file: Path, data_dir: Path, timeout: float = 600, on_poll=None):
+    """``python -m simulation ARGS`` with its whole process tree watched (see simulation.process_tree)."""
+    from simulation.process_tree import run_watched
+
+    env = {**os.environ, "BOTDEFENDER_DATA_DIR": str(data_dir)}
+    return run_watched([sys.executable, "-m", "simulation", *args], cwd=REPO, log_file=log_file, env=env,
+                       timeout=timeout, interval=0.3, on_poll=on_poll)  # fmt: skip
+
+
+def _assert_nothing_left(run, out_dir: Path) -> None:
+    assert len(run.watcher.seen) > 5, run.watcher.seen  # the watcher did see the SuperLink, Ray and its workers
+    assert not run.watcher.survivors(), run.watcher.survivors()
+    assert not superlink_pids(str(out_dir / "flwr-home" / "local-superlink" / "superlink.log"))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_python_m_simulation_end_to_end(tmp_path, data_dir):
     """The command runs the Flower app under flwr run on Ray, writes its outputs and leaves no process behind."""
     out_dir = tmp_path / "out"
-    command = [sys.executable, "-m", "simulation", f"hydra.run.dir={out_dir}", "partition.n_clients=3",
-               "simulation.subsample=3000", "simulation.num_rounds=2", "simulation.local_epochs=10",
-               "simulation.batch_size=32", "simulation.lr=0.003", f"dataset.data_dir={data_dir}"]  # fmt: skip
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=360)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "round 2/2: global" in done.stdout and "final: accuracy" in done.stdout
-    assert not superlink_pids(str(out_dir / "flwr-home" / "local-superlink" / "superlink.log"))
-    assert not any(str(out_dir) in " ".join(argv) for _, _, _, argv in processes())
+    run = _run_simulation([f"hydra.run.dir={out_dir}", *SMALL_RUN], tmp_path / "run.log", data_dir, timeout=360)
+    assert run.returncode == 0, run.output[-3000:]
+    assert "round 2/2: global" in run.output and "final: accuracy" in run.output
+    _assert_nothing_left(run, out_dir)
     for name in ("partition_histogram.json", "partition_histogram.png", "metrics_per_round.png",
                  "confusion_matrix.png", ".hydra/config.yaml"):  # fmt: skip
         assert (out_dir / name).is_file(), name
@@ -95,6 +110,7 @@ def test_python_m_simulation_end_to_end(tmp_path, data_dir):
         clients = r["clients_train"]
         assert sorted(c["partition-id"] for c in clients) == [0, 1, 2]
         assert all(c["num-examples"] > 0 and np.isfinite(c["train_loss"]) for c in clients)
+        assert r["global"]["round_seconds"] > 0
     first, final = metrics["rounds"][0]["global"], metrics["final"]
     # Floors a broken model fails: 55% of the test rows are attacks, so "always attack" scores accuracy 0.55,
     # F1 0.71 and no ranking (AUC 0.5); an untrained model is round 0. The CNN-LSTM on 2,400 rows reaches only
@@ -105,6 +121,58 @@ def test_python_m_simulation_end_to_end(tmp_path, data_dir):
     assert final["loss"] < first["loss"] - 0.05, (first, final)
     assert (out_dir / "final.pt").is_file() and (out_dir / "pipeline.json").is_file()
     print(f"final f1 {final['f1']:.4f} acc {final['accuracy']:.4f}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_multirun_one_seed_reproduces_and_another_differs(tmp_path, data_dir):
+    """``-m seed=0,0,1``: three jobs one after another, each in its own folder; the two seed-0 jobs agree on
+    partitions, sampled clients (2 of 3 per round) and final metrics; the seed-1 job differs."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "seed=0,0,1", f"hydra.sweep.dir={sweep}", *SMALL_RUN, "strategy.fraction_train=0.67",
+            "strategy.fraction_evaluate=0.67"]  # fmt: skip
+    run = _run_simulation(args, tmp_path / "run.log", data_dir, timeout=840)
+    assert run.returncode == 0, run.output[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [j.name.split("_", 1)[0] for j in jobs] == ["0", "1", "2"], jobs
+    assert not run.watcher.survivors(), run.watcher.survivors()
+    runs = [json.loads((j / "metrics.json").read_text()) for j in jobs]
+    hists = [json.loads((j / "partition_histogram.json").read_text()) for j in jobs]
+
+    def sampled(metrics):
+        return [r["sampled_train"] for r in metrics["rounds"][1:]]
+
+    assert all(len(s) == 2 for s in sampled(runs[0]))
+    assert hists[0] == hists[1] and sampled(runs[0]) == sampled(runs[1])
+    for key in ("loss", "accuracy", "f1", "roc_auc"):
+        assert runs[0]["final"][key] == pytest.approx(runs[1]["final"][key], abs=1e-6), key
+    losses = [[c["train_loss"] for c in r["clients_train"]] for r in runs[0]["rounds"][1:]]
+    assert losses == pytest.approx([[c["train_loss"] for c in r["clients_train"]] for r in runs[1]["rounds"][1:]])
+    assert hists[2] != hists[0]
+    assert runs[2]["final"]["loss"] != pytest.approx(runs[0]["final"]["loss"], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_ctrl_c_stops_everything_the_command_started(tmp_path, data_dir):
+    """SIGINT to the command's process group (what Ctrl-C in a terminal sends) in the middle of a run: exit
+    code 130 and no SuperLink, Ray or other process of it left."""
+    import signal
+
+    out_dir = tmp_path / "out"
+    sent: list[float] = []
+
+    def interrupt_after_first_round(process, output: str) -> None:
+        if not sent and "round 1/" in output:
+            os.killpg(process.pid, signal.SIGINT)
+            sent.append(1.0)
+
+    args = [f"hydra.run.dir={out_dir}", *SMALL_RUN, "simulation.num_rounds=50"]
+    run = _run_simulation(args, tmp_path / "run.log", data_dir, timeout=360, on_poll=interrupt_after_first_round)
+    assert sent, run.output[-3000:]
+    assert run.returncode == 130, run.output[-3000:]
+    assert "interrupted" in run.output
+    _assert_nothing_left(run, out_dir)
 
 
 @pytest.mark.parametrize("override, message", [

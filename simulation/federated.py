@@ -19,7 +19,7 @@ from fl_client.data import partition_run_config
 from flows.loader import resolve_data_dir
 from flows.partitioning import PartitionConfig, class_histogram, partition_from_config
 from flows.run_split import DataSettings, load_split
-from simulation.flower_runtime import LocalFederation
+from simulation.flower_runtime import LocalFederation, check_ray_tmp_parent
 from strategies.registry import StrategyConfigError, check_strategy
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,10 @@ def check_config(cfg: DictConfig) -> tuple[Path, PartitionConfig, DataSettings]:
                        float(cfg.strategy.fraction_train), float(cfg.strategy.fraction_evaluate),
                        min(int(cfg.strategy.min_nodes), partition.n_clients))  # fmt: skip
     except StrategyConfigError as err:
+        raise SimulationConfigError(str(err)) from None
+    try:
+        check_ray_tmp_parent(cfg.simulation.ray_tmpdir)
+    except ValueError as err:
         raise SimulationConfigError(str(err)) from None
     settings = data_settings(cfg)
     train, _ = load_split(settings)
@@ -141,7 +145,7 @@ def run_federated(cfg: DictConfig, out_dir: Path) -> dict:
     write_partition_outputs(settings, partition, out_dir)
     values = run_config(cfg, out_dir, settings, partition)
     log.info("starting flwr run: %d clients, %d rounds", partition.n_clients, values["num-server-rounds"])
-    with LocalFederation(out_dir / "flwr-home") as federation:
+    with LocalFederation(out_dir / "flwr-home", ray_tmp_parent=cfg.simulation.ray_tmpdir) as federation:
         result = federation.run(values, num_supernodes=partition.n_clients,
                                 client_cpus=float(cfg.simulation.client_cpus),
                                 timeout=float(cfg.simulation.timeout), on_line=show_round)  # fmt: skip

@@ -100,6 +100,19 @@ def stop_superlink(log_file: str, grace: float = 10.0) -> list[int]:
     return [pid for pid, _, pgid, _ in processes() if (pgid in groups or pid in roots) and alive(pid)]
 
 
+# Under /tmp, Ray's longest socket path (/tmp/bdrayXXXXXXXX/ray/session_<time>_<pid>/sockets/plasma_store) has
+# 84 bytes; Ray allows 107. So the parent folder may have at most 24 bytes (a 7-digit pid included).
+MAX_RAY_TMP_PARENT = 24
+
+
+def check_ray_tmp_parent(parent: str | Path) -> None:
+    """Refuse a Ray temporary folder whose socket paths would exceed the 107-byte limit (the run would fail)."""
+    text = str(Path(parent).expanduser().resolve())
+    if len(text.encode()) > MAX_RAY_TMP_PARENT:
+        raise ValueError(f"ray_tmpdir {text!r} is {len(text.encode())} bytes long; Ray's socket paths below it "
+                         f"would exceed 107 bytes: use a folder of at most {MAX_RAY_TMP_PARENT} bytes, such as /tmp")  # fmt: skip
+
+
 def format_run_config(values: dict) -> str:
     """``--run-config`` text: TOML values, strings quoted (keys with dots stay dotted)."""
     parts = []
@@ -124,14 +137,17 @@ class RunResult:
 class LocalFederation:
     """A private local SuperLink for ``flwr run`` (simulation runtime, Ray backend); a context manager."""
 
-    def __init__(self, home: Path, env_extra: dict | None = None) -> None:
+    def __init__(self, home: Path, env_extra: dict | None = None, ray_tmp_parent: str | Path = "/tmp") -> None:
         self.home = Path(home)
         self.env_extra = dict(env_extra or {})
+        self.ray_tmp_parent = Path(ray_tmp_parent)
 
     def __enter__(self) -> "LocalFederation":
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "config.toml").write_text(CONFIG_TOML)
-        self.ray_tmp = Path(tempfile.mkdtemp(prefix="bdray", dir="/tmp"))
+        check_ray_tmp_parent(self.ray_tmp_parent)
+        self.ray_tmp_parent.mkdir(parents=True, exist_ok=True)
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="bdray", dir=self.ray_tmp_parent))
         self.log_file = str(self.home / "local-superlink" / "superlink.log")
         self.env = dict(os.environ, FLWR_HOME=str(self.home), RAY_TMPDIR=str(self.ray_tmp),
                         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_TELEMETRY_ENABLED="0",

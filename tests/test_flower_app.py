@@ -146,8 +146,10 @@ def test_multirun_one_seed_reproduces_and_another_differs(tmp_path, data_dir):
     assert hists[0] == hists[1] and sampled(runs[0]) == sampled(runs[1])
     for key in ("loss", "accuracy", "f1", "roc_auc"):
         assert runs[0]["final"][key] == pytest.approx(runs[1]["final"][key], abs=1e-6), key
-    losses = [[c["train_loss"] for c in r["clients_train"]] for r in runs[0]["rounds"][1:]]
-    assert losses == pytest.approx([[c["train_loss"] for c in r["clients_train"]] for r in runs[1]["rounds"][1:]])
+    def losses(metrics):
+        return [c["train_loss"] for r in metrics["rounds"][1:] for c in r["clients_train"]]
+
+    assert losses(runs[0]) == pytest.approx(losses(runs[1]), abs=1e-6)
     assert hists[2] != hists[0]
     assert runs[2]["final"]["loss"] != pytest.approx(runs[0]["final"]["loss"], abs=1e-6)
 

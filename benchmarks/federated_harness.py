@@ -74,27 +74,38 @@ def scale_part(clients: list[int], rounds: int, workers: int, timeout: float) ->
     return rows
 
 
-def quality_part(alphas: list[float], seeds: list[int], timeout: float) -> dict:
+def quality_part(alphas: list[float], seeds: list[int], timeout: float, fresh: bool) -> dict:
+    """Federated final F1 per (alpha, seed) and the centralized reference per seed; merged into quality.json
+    after every run (nothing is lost if the benchmark stops), reusing finished entries unless ``fresh``."""
     from hydra import compose, initialize_config_dir
 
     from simulation.centralized import CONF_DIR
     from simulation.reference import centralized_reference
 
+    path = RESULTS / "quality.json"
     runs: dict = {"federated": {}, "centralized": {}}
+    if path.is_file() and not fresh:
+        runs = json.loads(path.read_text())
     for seed in seeds:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose("federated", overrides=[f"seed={seed}"])
-        reference = centralized_reference(cfg)
-        runs["centralized"][seed] = {k: v for k, v in reference.items() if k != "confusion_matrix"}
-        log.info("centralized seed %d: f1 %.4f acc %.4f", seed, reference["f1"], reference["accuracy"])
+        key = str(seed)
+        if key not in runs["centralized"]:
+            with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+                cfg = compose("federated", overrides=[f"seed={seed}"])
+            reference = centralized_reference(cfg)
+            runs["centralized"][key] = {k: v for k, v in reference.items() if k != "confusion_matrix"}
+            path.write_text(json.dumps(runs, indent=1))
+            log.info("centralized seed %d: f1 %.4f acc %.4f", seed, reference["f1"], reference["accuracy"])
         for alpha in alphas:
+            if key in runs["federated"].get(str(alpha), {}):
+                continue
             metrics = run_simulation([f"seed={seed}", f"partition.alpha={alpha}"],
                                      RESULTS / f"quality_a{alpha}_s{seed}", timeout)  # fmt: skip
             final = metrics["final"]
-            runs["federated"].setdefault(str(alpha), {})[seed] = {
+            runs["federated"].setdefault(str(alpha), {})[key] = {
                 "f1": final["f1"], "accuracy": final["accuracy"], "roc_auc": final["roc_auc"],
                 "best_round_f1": max(r["global"]["f1"] for r in metrics["rounds"]),
                 "rounds": len(metrics["rounds"]) - 1, "wall_seconds": metrics["benchmark"]["wall_seconds"]}  # fmt: skip
+            path.write_text(json.dumps(runs, indent=1))
             log.info("federated alpha %s seed %d: f1 %.4f", alpha, seed, final["f1"])
     return runs
 
@@ -109,8 +120,8 @@ def markdown(scale: list[dict] | None, quality: dict | None) -> str:
         lines += ["Time per round (median over the rounds of each run) and peak memory of the whole process tree; "
                   "one local epoch per round, every client trains and evaluates every round, 2 Ray workers on "
                   "2 cores:", "",
-                  "| clients | s / round | of which: client training / 2 workers | central eval | other "
-                  "(Flower + Ray messaging, data prep) | peak memory PSS (RSS) |",
+                  "| clients | s / round | of which: client training / 2 workers | central eval | other (client "
+                  "evaluation, Flower + Ray messaging, data prep) | peak memory PSS (RSS) |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
         for r in scale:
             lines.append(f"| {r['clients']} | {r['round_seconds']:.1f} (max {r['round_seconds_max']:.1f}) | "
@@ -119,16 +130,17 @@ def markdown(scale: list[dict] | None, quality: dict | None) -> str:
         lines.append("")
     if quality:
         central = quality["centralized"]
-        seeds = sorted(central)
-        c_f1 = median_of(central, "f1")
-        lines += [f"Final F1 of the global model on the held-out split, medians over seeds {seeds}, beside the "
-                  "centralized CNN-LSTM trained on the union of the clients' rows of the same split:", "",
-                  "| Dirichlet alpha (attack family) | federated F1 | best-round F1 | centralized F1 | gap (points) |",
-                  "|---|---|---|---|---|"]  # fmt: skip
-        for alpha, runs in quality["federated"].items():
-            f1 = median_of(runs, "f1")
-            lines.append(f"| {alpha} | {100 * f1:.2f} | {100 * median_of(runs, 'best_round_f1'):.2f} | "
-                         f"{100 * c_f1:.2f} | {100 * (c_f1 - f1):+.2f} |")  # fmt: skip
+        lines += ["Final F1 (%) of the global model on the held-out split beside the centralized CNN-LSTM trained on "
+                  "the union of the clients' rows of the same split (same seeds); medians over seeds:", "",
+                  "| Dirichlet alpha (attack family) | seeds | federated F1 | best-round F1 | centralized F1 | "
+                  "gap (points) | per-seed gaps |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for alpha in sorted(quality["federated"], key=float):
+            runs = quality["federated"][alpha]
+            seeds = sorted(runs, key=int)
+            f1, c_f1 = median_of(runs, "f1"), statistics.median(central[s]["f1"] for s in seeds)
+            gaps = ", ".join(f"{100 * (central[s]['f1'] - runs[s]['f1']):+.2f}" for s in seeds)
+            lines.append(f"| {alpha} | {', '.join(seeds)} | {100 * f1:.2f} | {100 * median_of(runs, 'best_round_f1'):.2f} | "
+                         f"{100 * c_f1:.2f} | {100 * (c_f1 - f1):+.2f} | {gaps} |")  # fmt: skip
         lines.append("")
     return "\n".join(lines)
 
@@ -153,6 +165,7 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.5, 1.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--fresh", action="store_true", help="rerun quality entries already in quality.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -163,8 +176,7 @@ def main() -> None:
     elif (RESULTS / "scale.json").is_file():
         scale = json.loads((RESULTS / "scale.json").read_text())
     if args.part in ("quality", "all"):
-        quality = quality_part(args.alphas, args.seeds, args.timeout)
-        (RESULTS / "quality.json").write_text(json.dumps(quality, indent=1))
+        quality = quality_part(args.alphas, args.seeds, args.timeout, args.fresh)
     elif (RESULTS / "quality.json").is_file():
         quality = json.loads((RESULTS / "quality.json").read_text())
     block = markdown(scale, quality)

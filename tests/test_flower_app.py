@@ -214,3 +214,33 @@ def test_a_gateway_client_reads_its_own_capture_from_node_config(data_dir, tmp_p
 
     with pytest.raises(FlowDataError, match="file not found"):
         local_table({"dataset": "unsw-nb15"}, {"data-path": str(tmp_path / "missing.csv")})
+
+
+def test_smote_runs_on_the_clients_own_fit_rows_only(data_dir):
+    """With ``smote`` on, a client balances its encoded fit rows; its validation rows stay real and unchanged."""
+    from flwr.app import Context, RecordDict
+
+    from fl_client.app import _matrices
+    from fl_client.data import local_table
+    from flows.pipeline import FeaturePipeline, PipelineConfig
+
+    run_config = {"data-dir": str(data_dir), "subsample": 3000, "seed": 0, "partition.scheme": "dirichlet",
+                  "partition.alpha": 0.3, "val-fraction": 0.1}  # fmt: skip
+    node_config = {"partition-id": 1, "num-partitions": 3}
+    _, table = local_table(run_config, node_config)
+    state_json = FeaturePipeline(PipelineConfig()).fit(table).state_.to_json()
+
+    def matrices(smote: bool):
+        context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(),
+                          run_config={**run_config, "smote": smote})  # fmt: skip
+        return _matrices(context, state_json)
+
+    X_plain, y_plain, X_val, y_val, n0 = matrices(False)
+    X_smote, y_smote, X_val2, y_val2, n_synthetic = matrices(True)
+    counts = np.bincount(y_plain, minlength=2)
+    assert n0 == 0 and counts.min() < counts.max()  # this partition is imbalanced
+    assert n_synthetic == counts.max() - counts.min() and len(X_smote) == len(X_plain) + n_synthetic
+    assert np.bincount(y_smote, minlength=2).tolist() == [counts.max(), counts.max()]
+    np.testing.assert_array_equal(X_smote[: len(X_plain)], X_plain)  # originals first, then synthetic rows
+    np.testing.assert_array_equal(X_val, X_val2)
+    np.testing.assert_array_equal(y_val, y_val2)

@@ -1,0 +1,87 @@
+"""Screening core (issue 4, point 1) on synthetic updates: planted outliers of each kind are rejected, benign
+updates pass, reputation carries across rounds, accepted updates are clipped to a robust bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from strategies.screening import ScreeningConfig, UpdateScreen, robust_z
+
+D = 2000
+
+
+def benign_updates(n: int, rng: np.random.Generator, spread: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """n honest updates: a shared descent direction plus client-specific variation (non-IID-like)."""
+    direction = rng.normal(size=D)
+    direction /= np.linalg.norm(direction)
+    updates = direction[None, :] + spread * rng.normal(size=(n, D)) / np.sqrt(D)
+    return updates * rng.uniform(0.8, 1.2, size=(n, 1)), direction
+
+
+ATTACKS = {
+    "sign flipping": lambda u, d, rng: -u,
+    "scaling x10": lambda u, d, rng: 10.0 * u,
+    "gaussian noise": lambda u, d, rng: rng.normal(scale=1.0, size=u.shape),
+    "opposite direction (label flipping-like)": lambda u, d, rng: -d[None, :] + 0.2 * rng.normal(size=u.shape) / np.sqrt(D),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+@pytest.mark.parametrize("n_bad", [2, 3])
+def test_planted_outliers_are_rejected_and_benign_pass(attack, n_bad):
+    rng = np.random.default_rng(len(attack) + n_bad)
+    n = 10
+    updates, direction = benign_updates(n, rng)
+    bad = list(range(n - n_bad, n))
+    updates[bad] = ATTACKS[attack](updates[bad], direction, rng)
+    decisions, kept = UpdateScreen().screen(list(range(n)), updates)
+    rejected = {d.client for d in decisions if not d.accepted}
+    assert rejected == set(bad), [(d.client, d.reasons, d.scores) for d in decisions]
+    assert len(kept) == n - n_bad
+    assert all(d.reasons for d in decisions if not d.accepted)
+
+
+def test_benign_rounds_reject_nobody():
+    screen = UpdateScreen()
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        decisions, _ = screen.screen(list(range(20)), benign_updates(20, rng, spread=1.0)[0])
+        assert all(d.accepted for d in decisions), [d.reasons for d in decisions if not d.accepted]
+
+
+def test_reputation_keeps_a_repeat_offender_out_for_a_round_after_it_behaves():
+    rng = np.random.default_rng(1)
+    screen = UpdateScreen(ScreeningConfig(reputation_decay=0.6, reputation_floor=0.5))
+    for _ in range(2):  # two bad rounds: reputation 0.6 then 0.36
+        updates, _ = benign_updates(10, rng)
+        updates[9] *= -1
+        decisions, _ = screen.screen(list(range(10)), updates)
+        assert not decisions[9].accepted
+    decisions, _ = screen.screen(list(range(10)), benign_updates(10, rng)[0])
+    assert decisions[9].reputation == pytest.approx(0.6 * 0.36 + 0.4)  # 0.616: trusted again this round
+    assert decisions[9].accepted
+    screen = UpdateScreen(ScreeningConfig(reputation_decay=0.8, reputation_floor=0.5))
+    for _ in range(5):  # reputation 0.8 ** 5 = 0.33
+        updates, _ = benign_updates(10, rng)
+        updates[9] *= -1
+        screen.screen(list(range(10)), updates)
+    decisions, _ = screen.screen(list(range(10)), benign_updates(10, rng)[0])
+    assert decisions[9].reputation == pytest.approx(0.8**6 + 0.2)  # 0.46 < 0.5
+    assert not decisions[9].accepted and "reputation" in decisions[9].reasons[0]
+
+
+def test_accepted_updates_are_clipped_to_the_median_accepted_norm():
+    rng = np.random.default_rng(2)
+    updates, _ = benign_updates(10, rng)
+    decisions, kept = UpdateScreen().screen(list(range(10)), updates)
+    bound = np.median(np.linalg.norm(updates, axis=1))
+    assert np.all(np.linalg.norm(kept, axis=1) <= bound * (1 + 1e-9))
+    assert sum(d.clip_factor < 1 for d in decisions) >= 4
+
+
+def test_robust_z_ignores_the_outliers_it_measures():
+    values = np.array([1.0, 1.1, 0.9, 1.05, 0.95, 100.0])
+    z = robust_z(values)
+    assert z[-1] > 100 and np.all(np.abs(z[:-1]) < 2)
+    assert np.all(np.isfinite(robust_z(np.ones(5))))  # zero MAD does not divide by zero

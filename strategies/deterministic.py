@@ -87,7 +87,7 @@ class DeterministicMixin:
         return self._configure("evaluate", super().configure_evaluate, server_round, arrays, config, grid)
 
     # aggregation ------------------------------------------------------------------------------------------
-    def _record(self, replies: list[Message]) -> list[dict]:
+    def record_replies(self, replies: list[Message]) -> list[dict]:
         rows = []
         for reply in replies:
             rank = self.rank_of_node(reply.metadata.src_node_id)
@@ -101,10 +101,10 @@ class DeterministicMixin:
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = sorted(replies, key=self.reply_key)
-        self.client_train[server_round] = self._record(replies)
+        self.client_train[server_round] = self.record_replies(replies)
         return super().aggregate_train(server_round, replies)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         replies = sorted(replies, key=self.reply_key)
-        self.client_evaluate[server_round] = self._record(replies)
+        self.client_evaluate[server_round] = self.record_replies(replies)
         return super().aggregate_evaluate(server_round, replies)

@@ -93,7 +93,11 @@ def krum_scores(vectors: np.ndarray, n_malicious: int) -> np.ndarray:
 
 
 def majority_cluster(vectors: np.ndarray) -> np.ndarray:
-    """True for members of the largest HDBSCAN cluster over cosine distances (min cluster size n/2 + 1)."""
+    """True for members of the largest HDBSCAN cluster over cosine distances (min cluster size n/2 + 1).
+
+    HDBSCAN calls some points of any single blob noise; clusters closer than three times the typical distance
+    from a point to its (n/2)-th nearest neighbour are merged (``cluster_selection_epsilon``), a scale taken
+    from the data: for a member of the majority that neighbour is in the majority too."""
     n = len(vectors)
     if n < 3:
         return np.ones(n, dtype=bool)
@@ -101,8 +105,10 @@ def majority_cluster(vectors: np.ndarray) -> np.ndarray:
 
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     distances = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
-    labels = HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed",
-                     allow_single_cluster=True, copy=True).fit(distances).labels_  # fmt: skip
+    np.fill_diagonal(distances, 0.0)
+    typical = float(np.median(np.sort(distances, axis=1)[:, n // 2]))
+    labels = HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed", allow_single_cluster=True,
+                     cluster_selection_epsilon=3.0 * typical + 1e-12, copy=True).fit(distances).labels_  # fmt: skip
     clustered = labels[labels >= 0]
     if len(clustered) == 0:
         return np.ones(n, dtype=bool)  # no structure found: the view abstains

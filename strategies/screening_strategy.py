@@ -1,0 +1,118 @@
+"""Flower adapter of the screening: wraps any Flower strategy and screens every training reply first.
+
+``ScreeningStrategy(inner)`` delegates sampling, evaluation and aggregation to ``inner`` (one of
+:mod:`strategies.registry`), but in ``aggregate_train`` it
+
+1. sorts the replies (``inner.reply_key``) and rejects malformed ones with a reason (:mod:`strategies.reply_checks`);
+2. turns the rest into update vectors (reply - broadcast global model) and screens them
+   (:class:`strategies.screening.UpdateScreen`: scores, votes, reputation, clipping);
+3. hands the accepted, clipped updates (as global + clipped delta) to ``inner.aggregate_train``.
+
+If every update is rejected the previous global model stands (Flower keeps it when arrays are None).
+Every decision is kept in ``decisions[round]`` for the run outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.message import make_message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from strategies.reply_checks import check_train_reply, expected_metric_keys
+from strategies.screening import Decision, ScreeningConfig, UpdateScreen
+
+log = logging.getLogger(__name__)
+
+
+def flatten(arrays: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
+    return np.concatenate([arrays[n].reshape(-1).astype(np.float64) for n in names]) if names else np.zeros(0)
+
+
+def unflatten(vector: np.ndarray, reference: dict[str, np.ndarray], names: list[str]) -> ArrayRecord:
+    out, start = {}, 0
+    for name in names:
+        shape, dtype = reference[name].shape, reference[name].dtype
+        size = int(np.prod(shape))
+        out[name] = Array(vector[start : start + size].reshape(shape).astype(dtype))
+        start += size
+    return ArrayRecord(out)
+
+
+class ScreeningStrategy(Strategy):
+    """Screen every client update, then aggregate the accepted ones with ``inner``."""
+
+    def __init__(self, inner: Strategy, config: ScreeningConfig | None = None) -> None:
+        self.inner = inner
+        self.screen = UpdateScreen(config)
+        self.decisions: dict[int, list[dict]] = {}
+        self._global: dict[str, np.ndarray] = {}
+
+    def __getattr__(self, name: str) -> Any:  # sampled, client_train, node_ranks ... live on the inner strategy
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        self._global = {name: array.numpy().copy() for name, array in arrays.items()}
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def _client_id(self, reply: Message) -> int:
+        rank_of = getattr(self.inner, "rank_of_node", None)
+        node = int(reply.metadata.src_node_id)
+        rank = rank_of(node) if rank_of else node
+        return rank if rank < (1 << 40) else node
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        key = getattr(self.inner, "reply_key", lambda r: int(r.metadata.src_node_id))
+        replies = sorted(replies, key=key)
+        names = sorted(self._global)
+        expected = expected_metric_keys(replies)
+        decisions: list[Decision] = []
+        valid: list[Message] = []
+        for reply in replies:
+            reason = check_train_reply(reply, self._global, expected)
+            if reason:
+                decisions.append(Decision(client=self._client_id(reply), accepted=False, reasons=[reason]))
+            else:
+                valid.append(reply)
+        accepted_replies: list[Message] = []
+        if valid:
+            base = flatten(self._global, names)
+            deltas = np.stack([flatten({n: a.numpy() for n, a in next(iter(r.content.array_records.values())).items()},
+                                       names) - base for r in valid])  # fmt: skip
+            screened, kept = self.screen.screen([self._client_id(r) for r in valid], deltas)
+            decisions.extend(screened)
+            for reply, delta in zip([r for r, d in zip(valid, screened) if d.accepted], kept):
+                metrics = next(iter(reply.content.metric_records.items()))
+                content = RecordDict({"arrays": unflatten(base + delta, self._global, names), metrics[0]: metrics[1]})
+                accepted_replies.append(make_message(metadata=reply.metadata, content=content))
+        decisions.sort(key=lambda d: d.client)
+        self.decisions[server_round] = [{"round": server_round, **d.as_dict()} for d in decisions]
+        record = getattr(self.inner, "record_replies", None)
+        rejected = [d for d in decisions if not d.accepted]
+        log.info("round %d screening: %d accepted, %d rejected %s", server_round, len(accepted_replies),
+                 len(rejected), [(d.client, d.reasons[0]) for d in rejected])  # fmt: skip
+        if not accepted_replies:
+            log.warning("round %d: every update rejected; the previous global model stands", server_round)
+            if record:
+                self.inner.client_train[server_round] = record(replies)
+            return None, None
+        result = self.inner.aggregate_train(server_round, accepted_replies)
+        if record:  # keep every reply's metrics, not only the accepted ones'
+            self.inner.client_train[server_round] = record(replies)
+        return result

@@ -179,6 +179,8 @@ def main(grid: Grid, context: Context) -> None:
             entry["clients_evaluate"] = strategy.client_evaluate.get(r, [])
             entry["sampled_train"] = strategy.sampled["train"].get(r, [])
             entry["sampled_evaluate"] = strategy.sampled["evaluate"].get(r, [])
+            if hasattr(strategy, "decisions"):  # the screening wrapper: every verdict with scores and reasons
+                entry["screening"] = strategy.decisions.get(r, [])
         rounds.append(entry)
     summary = {
         "run_config": dict(run_config),

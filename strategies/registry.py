@@ -1,7 +1,9 @@
 """Build a Flower strategy from its config name and parameters, checked before anything starts.
 
 Every strategy is Flower's own class (``flwr.serverapp.strategy``) used as it is, behind
-:class:`strategies.deterministic.DeterministicMixin` for seeded sampling and ordered aggregation.
+:class:`strategies.deterministic.DeterministicMixin` for seeded sampling and ordered aggregation. The name
+``screening`` wraps any of them (``params.inner``, ``params.inner_params``) in
+:class:`strategies.screening_strategy.ScreeningStrategy`; its other params are :class:`ScreeningConfig` fields.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from flwr.serverapp import strategy as flwr_strategy
 
 from strategies.deterministic import DeterministicMixin
+from strategies.screening import ScreeningConfig
 
 STRATEGIES: dict[str, type] = {
     "fedavg": flwr_strategy.FedAvg,
@@ -34,6 +37,26 @@ class StrategyConfigError(ValueError):
     """An unknown strategy, an unknown parameter or a combination the strategy cannot run."""
 
 
+SCREENING = "screening"
+
+
+def split_screening_params(params: Mapping[str, Any]) -> tuple[str, dict, ScreeningConfig]:
+    """(inner name, inner params, screening config) of the ``screening`` strategy's params."""
+    rest = dict(params)
+    inner = str(rest.pop("inner", "fedavg"))
+    inner_params = dict(rest.pop("inner_params", None) or {})
+    if inner == SCREENING:
+        raise StrategyConfigError("strategy screening cannot wrap itself")
+    try:
+        config = ScreeningConfig(**rest)
+    except TypeError as err:
+        fields = ", ".join(ScreeningConfig.__dataclass_fields__)
+        raise StrategyConfigError(f"strategy screening: {err}; accepted: inner, inner_params, {fields}") from None
+    except ValueError as err:
+        raise StrategyConfigError(f"strategy screening: {err}") from None
+    return inner, inner_params, config
+
+
 def strategy_class(name: str) -> type:
     """``DeterministicMixin`` + Flower's class for ``name`` (one class object per name)."""
     if name not in STRATEGIES:
@@ -52,6 +75,9 @@ def sampled_count(n_nodes: int, fraction: float, minimum: int) -> int:
 def check_strategy(name: str, params: Mapping[str, Any], n_nodes: int, fraction_train: float,
                    fraction_evaluate: float, min_nodes: int = 2) -> None:  # fmt: skip
     """Raise :class:`StrategyConfigError` with one clear line for what the strategy could not run."""
+    if name == SCREENING:
+        inner, inner_params, _ = split_screening_params(params)
+        return check_strategy(inner, inner_params, n_nodes, fraction_train, fraction_evaluate, min_nodes)
     base = STRATEGIES.get(name) or strategy_class(name)
     accepted = set(inspect.signature(base.__init__).parameters) - {"self"} - MANAGED
     unknown = sorted(set(params) - accepted)
@@ -81,6 +107,13 @@ def build_strategy(name: str, params: Mapping[str, Any], *, n_nodes: int, fracti
     """The configured strategy for ``n_nodes`` connected nodes (all must connect before round 1)."""
     min_nodes = min(min_nodes, n_nodes)
     check_strategy(name, params, n_nodes, fraction_train, fraction_evaluate, min_nodes)
+    if name == SCREENING:
+        from strategies.screening_strategy import ScreeningStrategy
+
+        inner, inner_params, config = split_screening_params(params)
+        return ScreeningStrategy(build_strategy(inner, inner_params, n_nodes=n_nodes, fraction_train=fraction_train,
+                                                fraction_evaluate=fraction_evaluate, min_nodes=min_nodes,
+                                                seed=seed, node_ranks=node_ranks), config)  # fmt: skip
     return strategy_class(name)(
         fraction_train=fraction_train, fraction_evaluate=fraction_evaluate, min_train_nodes=min_nodes,
         min_evaluate_nodes=min_nodes, min_available_nodes=n_nodes, seed=seed, node_ranks=node_ranks,

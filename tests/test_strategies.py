@@ -109,7 +109,7 @@ def test_every_configured_strategy_builds_and_aggregates():
     from simulation.federated import strategy_params
 
     names = sorted(p.stem for p in __import__("pathlib").Path(CONF_DIR, "strategy").glob("*.yaml"))
-    assert set(names) == set(STRATEGIES)
+    assert set(names) == set(STRATEGIES) | {"screening"}
     n = 10
     node_ids = _node_ids(n, 1)
     rng = np.random.default_rng(1)
@@ -162,3 +162,16 @@ def test_fedprox_sends_mu_and_the_client_term_pulls_towards_the_global_model():
         train_local(model, X, y, epochs=3, batch_size=32, lr=0.01, seed=0, proximal_mu=mu)
         drift[mu] = float(sum(((p.detach() - s) ** 2).sum() for p, s in zip(model.parameters(), start)))
     assert drift[5.0] < 0.5 * drift[0.0], drift
+
+
+def test_screening_params_are_checked_like_any_strategy():
+    check_strategy("screening", {"inner": "fedmedian", "z_threshold": 2.5}, 10, 1.0, 1.0)
+    for params, message in [({"inner": "nonsense"}, "unknown strategy 'nonsense'"),
+                            ({"inner": "bulyan", "inner_params": {"num_malicious_nodes": 3}}, "4f+3"),
+                            ({"zz": 1}, "accepted: inner, inner_params"),
+                            ({"min_votes": 7}, "min_votes must be in 1..4")]:  # fmt: skip
+        with pytest.raises(StrategyConfigError) as err:
+            check_strategy("screening", params, 10, 1.0, 1.0)
+        assert message in str(err.value)
+    strategy = build_strategy("screening", {"inner": "fedtrimmedavg", "inner_params": {"beta": 0.1}}, n_nodes=10)
+    assert type(strategy.inner).__name__ == "DeterministicFedTrimmedAvg" and strategy.inner.beta == 0.1

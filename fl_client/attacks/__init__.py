@@ -1,0 +1,1 @@
+"""Simulated malicious clients: data attacks (before local training) and update attacks (after it)."""

@@ -24,43 +24,77 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fl_client.data import local_table, local_validation_split
+from fl_client.attacks.client import changes_update, malicious_update
+from fl_client.attacks.config import DATA_ATTACKS, AttackConfig, malicious_partitions
+from fl_client.data import local_table
+from fl_client.matrices import client_matrices
 from fl_client.statistics import statistics_records
 from fl_client.training import build_model, evaluate_local, train_local
-from flows.oversampling import smote
-from flows.pipeline_state import PipelineState
-from flows.run_split import DataSettings
-from flows.table import LABEL
 
 log = logging.getLogger("flwr.botdefender.client")
 
 app = ClientApp()
 
 
-_MATRICES: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]] = {}
+def _malicious_attack(context: Context, server_round: int) -> AttackConfig | None:
+    """This client's attack in this round, if it is one of the run's malicious partitions and the attack is on."""
+    attack = AttackConfig.from_run_config(context.run_config)
+    if attack.name == "none" or "partition-id" not in context.node_config:
+        return None
+    attackers = malicious_partitions(int(context.node_config["num-partitions"]), attack.fraction,
+                                     int(context.run_config.get("seed", 0)))  # fmt: skip
+    active = int(context.node_config["partition-id"]) in attackers and attack.active(server_round)
+    return attack if active else None
 
 
-def _matrices(context: Context, state_json: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """(X_fit, y_fit, X_val, y_val, synthetic rows) of this client under the broadcast pipeline.
+def _train_seed(context: Context, partition_id: int, server_round: int) -> int:
+    return int(context.run_config.get("seed", 0)) * 1_000_003 + 7919 * partition_id + server_round
 
-    Cached per process for the last node served (a Ray worker serves many virtual nodes in turn)."""
-    run_config = context.run_config
-    use_smote = bool(run_config.get("smote", False))
-    key = (tuple(sorted(context.node_config.items())), DataSettings.from_run_config(run_config), state_json,
-           use_smote)  # fmt: skip
-    if key not in _MATRICES:
-        partition_id, table = local_table(run_config, context.node_config)
-        state = PipelineState.from_json(state_json)
-        seed = int(run_config.get("seed", 0)) + 7919 * max(partition_id, 0)
-        fit_rows, val_rows = local_validation_split(len(table), float(run_config.get("val-fraction", 0.1)), seed)
-        X = state.transform(table.frame)
-        y = table.frame[LABEL].to_numpy(dtype=np.int64)
-        X_fit, y_fit, n_synthetic = X[fit_rows], y[fit_rows], 0
-        if use_smote:  # local training rows only: validation rows never see synthetic neighbours
-            X_fit, y_fit, n_synthetic = smote(X_fit, y_fit, seed)
-        _MATRICES.clear()
-        _MATRICES[key] = (X_fit, y_fit, X[val_rows], y[val_rows], n_synthetic)
-    return _MATRICES[key]
+
+def _honest_training(context: Context, msg: Message, X: np.ndarray, y: np.ndarray, partition_id: int):
+    """(model, loss): the broadcast model trained as an honest client would on (X, y)."""
+    server_round = int(msg.content["config"].get("server-round", 0))
+    model = _model(msg)
+    loss = train_local(model, X, y, epochs=int(context.run_config.get("local-epochs", 1)),
+                       batch_size=int(context.run_config.get("batch-size", 64)),
+                       lr=round_lr(context.run_config, server_round), seed=_train_seed(context, partition_id, server_round),
+                       proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)))  # fmt: skip
+    return model, loss
+
+
+def _vector(state: dict) -> np.ndarray:
+    return np.concatenate([state[k].detach().cpu().numpy().reshape(-1) for k in sorted(state)]).astype(np.float64)
+
+
+def _from_vector(vector: np.ndarray, like: dict) -> dict:
+    out, start = {}, 0
+    for key in sorted(like):
+        size = like[key].numel()
+        out[key] = torch.from_numpy(vector[start : start + size].reshape(tuple(like[key].shape))).to(like[key].dtype)
+        start += size
+    return out
+
+
+_BENIGN: dict[tuple, np.ndarray] = {}
+
+
+def _colluders_updates(context: Context, msg: Message, attack: AttackConfig) -> np.ndarray:
+    """Honest updates of every attacker on its clean data (the colluders' pooled knowledge), cached per round."""
+    run_config, n = context.run_config, int(context.node_config["num-partitions"])
+    attackers = malicious_partitions(n, attack.fraction, int(run_config.get("seed", 0)))
+    server_round = int(msg.content["config"].get("server-round", 0))
+    key = (run_config.get("out-dir", ""), server_round, tuple(attackers))
+    if key not in _BENIGN:
+        base = _vector(msg.content["arrays"].to_torch_state_dict())
+        rows = []
+        for pid in attackers:
+            m = client_matrices(run_config, {"partition-id": pid, "num-partitions": n},
+                                str(msg.content["config"]["pipeline-state"]))  # fmt: skip
+            model, _ = _honest_training(context, msg, m.X_fit, m.y_fit, pid)
+            rows.append(_vector(model.state_dict()) - base)
+        _BENIGN.clear()
+        _BENIGN[key] = np.stack(rows)
+    return _BENIGN[key]
 
 
 def _model(msg: Message) -> torch.nn.Module:
@@ -93,18 +127,24 @@ def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(int(context.run_config.get("client-threads", 1)))
     config = msg.content["config"]
     partition_id = int(context.node_config.get("partition-id", -1))
-    X, y, _, _, n_synthetic = _matrices(context, str(config["pipeline-state"]))
-    model = _model(msg)
-    started = time.perf_counter()
     server_round = int(config.get("server-round", 0))
-    seed = int(context.run_config.get("seed", 0)) * 1_000_003 + 7919 * partition_id + server_round
-    loss = train_local(model, X, y, epochs=int(context.run_config.get("local-epochs", 1)),
-                       batch_size=int(context.run_config.get("batch-size", 64)),
-                       lr=round_lr(context.run_config, server_round), seed=seed,
-                       proximal_mu=float(config.get("proximal-mu", 0.0)))  # fmt: skip
-    log.info("client %d round %d: %d rows, train_loss %.4f", partition_id, server_round, len(X), loss)
-    metrics = MetricRecord({"num-examples": int(len(X) - n_synthetic), "train_loss": float(loss),
-                            "smote-rows": int(n_synthetic), "partition-id": partition_id,
+    attack = _malicious_attack(context, server_round)
+    data_attack = attack if attack is not None and attack.name in DATA_ATTACKS else None
+    m = client_matrices(context.run_config, context.node_config, str(config["pipeline-state"]), data_attack)
+    started = time.perf_counter()
+    model, loss = _honest_training(context, msg, m.X_fit, m.y_fit, partition_id)
+    if attack is not None and changes_update(attack):
+        base = _vector(msg.content["arrays"].to_torch_state_dict())
+        n = int(context.node_config["num-partitions"])
+        n_bad = len(malicious_partitions(n, attack.fraction, int(context.run_config.get("seed", 0))))
+        rng = np.random.default_rng([_train_seed(context, partition_id, server_round), 0xA77AC])
+        bad = malicious_update(attack, _vector(model.state_dict()) - base,
+                               lambda: _colluders_updates(context, msg, attack), n, n_bad, rng)  # fmt: skip
+        model.load_state_dict(_from_vector(base + bad, model.state_dict()))
+    log.info("client %d round %d: %d rows, train_loss %.4f%s", partition_id, server_round, len(m.X_fit), loss,
+             f" (malicious: {attack.name})" if attack else "")  # fmt: skip
+    metrics = MetricRecord({"num-examples": int(m.n_real), "train_loss": float(loss),
+                            "smote-rows": int(m.n_synthetic), "partition-id": partition_id,
                             "train-seconds": time.perf_counter() - started})  # fmt: skip
     return Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
 
@@ -114,9 +154,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Loss and accuracy of the broadcast model on the local validation rows (the fit rows if there are none)."""
     torch.set_num_threads(int(context.run_config.get("client-threads", 1)))
     partition_id = int(context.node_config.get("partition-id", -1))
-    X_fit, y_fit, X_val, y_val, _ = _matrices(context, str(msg.content["config"]["pipeline-state"]))
-    if len(X_val) == 0:
-        X_val, y_val = X_fit, y_fit
+    m = client_matrices(context.run_config, context.node_config, str(msg.content["config"]["pipeline-state"]))
+    X_val, y_val = (m.X_val, m.y_val) if len(m.X_val) else (m.X_fit, m.y_fit)
     loss, accuracy = evaluate_local(_model(msg), X_val, y_val)
     metrics = MetricRecord({"num-examples": int(len(X_val)), "eval_loss": loss, "eval_accuracy": accuracy,
                             "partition-id": partition_id})  # fmt: skip

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from fl_client.attacks.config import AttackConfig
 from fl_client.data import partition_run_config
 from flows.loader import resolve_data_dir
 from flows.partitioning import PartitionConfig, class_histogram, partition_from_config
@@ -45,6 +46,16 @@ def data_settings(cfg: DictConfig) -> DataSettings:
                         seed=int(cfg.seed))  # fmt: skip
 
 
+def attack_config(cfg: DictConfig) -> AttackConfig:
+    """The run's attack (the ``attack`` config group; none when the config has no such group)."""
+    if "attack" not in cfg:
+        return AttackConfig()
+    params = OmegaConf.to_container(cfg.attack.params, resolve=True) if cfg.attack.get("params") else {}
+    return AttackConfig(name=str(cfg.attack.name), fraction=float(cfg.attack.fraction),
+                        start_round=int(cfg.attack.start_round), end_round=int(cfg.attack.end_round),
+                        params=dict(params))  # type: ignore[arg-type]  # fmt: skip
+
+
 def check_config(cfg: DictConfig) -> tuple[Path, PartitionConfig, DataSettings]:
     """Everything that can be checked before launching; raises SimulationConfigError with one clear line."""
     try:
@@ -57,6 +68,10 @@ def check_config(cfg: DictConfig) -> tuple[Path, PartitionConfig, DataSettings]:
                        min(int(cfg.strategy.min_nodes), partition.n_clients))  # fmt: skip
     except StrategyConfigError as err:
         raise SimulationConfigError(str(err)) from None
+    try:
+        attack_config(cfg)
+    except ValueError as err:
+        raise SimulationConfigError(f"attack: {err}") from None
     try:
         check_ray_tmp_parent(cfg.simulation.ray_tmpdir)
     except ValueError as err:
@@ -88,7 +103,7 @@ def run_config(cfg: DictConfig, out_dir: Path, settings: DataSettings, partition
         "fraction-evaluate": float(cfg.strategy.fraction_evaluate),
         "strategy.name": str(cfg.strategy.name), "strategy.params": json.dumps(strategy_params(cfg)),
         "strategy.min-nodes": int(cfg.strategy.min_nodes), "smote": bool(cfg.simulation.smote),
-        **partition_run_config(partition),
+        **partition_run_config(partition), **attack_config(cfg).run_config(),
         "pipeline.log-transform": bool(cfg.pipeline.log_transform),
         "pipeline.min-category-count": int(cfg.pipeline.min_category_count),
     }  # fmt: skip
@@ -155,6 +170,11 @@ def run_federated(cfg: DictConfig, out_dir: Path) -> dict:
         log.error("processes left running: %s", federation.left)
     if result.status != "finished:completed":
         raise RuntimeError(f"flwr run ended {result.status}; see {out_dir / 'flwr-run.log'}")
+    attack = attack_config(cfg)
+    if attack.name != "none":
+        from simulation.attack_report import attack_report
+
+        attack_report(attack, partition.n_clients, settings.seed, settings, out_dir)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     write_round_plots(metrics, out_dir)
     metrics["wall_seconds"] = round(result.seconds, 1)

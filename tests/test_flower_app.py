@@ -218,10 +218,8 @@ def test_a_gateway_client_reads_its_own_capture_from_node_config(data_dir, tmp_p
 
 def test_smote_runs_on_the_clients_own_fit_rows_only(data_dir):
     """With ``smote`` on, a client balances its encoded fit rows; its validation rows stay real and unchanged."""
-    from flwr.app import Context, RecordDict
-
-    from fl_client.app import _matrices
     from fl_client.data import local_table
+    from fl_client.matrices import client_matrices
     from flows.pipeline import FeaturePipeline, PipelineConfig
 
     run_config = {"data-dir": str(data_dir), "subsample": 3000, "seed": 0, "partition.scheme": "dirichlet",
@@ -229,18 +227,35 @@ def test_smote_runs_on_the_clients_own_fit_rows_only(data_dir):
     node_config = {"partition-id": 1, "num-partitions": 3}
     _, table = local_table(run_config, node_config)
     state_json = FeaturePipeline(PipelineConfig()).fit(table).state_.to_json()
+    plain = client_matrices({**run_config, "smote": False}, node_config, state_json)
+    balanced = client_matrices({**run_config, "smote": True}, node_config, state_json)
+    counts = np.bincount(plain.y_fit, minlength=2)
+    assert plain.n_synthetic == 0 and counts.min() < counts.max()  # this partition is imbalanced
+    assert balanced.n_synthetic == counts.max() - counts.min()
+    assert len(balanced.X_fit) == len(plain.X_fit) + balanced.n_synthetic and balanced.n_real == plain.n_real
+    assert np.bincount(balanced.y_fit, minlength=2).tolist() == [counts.max(), counts.max()]
+    np.testing.assert_array_equal(balanced.X_fit[: len(plain.X_fit)], plain.X_fit)  # originals first
+    np.testing.assert_array_equal(plain.X_val, balanced.X_val)
+    np.testing.assert_array_equal(plain.y_val, balanced.y_val)
 
-    def matrices(smote: bool):
-        context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(),
-                          run_config={**run_config, "smote": smote})  # fmt: skip
-        return _matrices(context, state_json)
 
-    X_plain, y_plain, X_val, y_val, n0 = matrices(False)
-    X_smote, y_smote, X_val2, y_val2, n_synthetic = matrices(True)
-    counts = np.bincount(y_plain, minlength=2)
-    assert n0 == 0 and counts.min() < counts.max()  # this partition is imbalanced
-    assert n_synthetic == counts.max() - counts.min() and len(X_smote) == len(X_plain) + n_synthetic
-    assert np.bincount(y_smote, minlength=2).tolist() == [counts.max(), counts.max()]
-    np.testing.assert_array_equal(X_smote[: len(X_plain)], X_plain)  # originals first, then synthetic rows
-    np.testing.assert_array_equal(X_val, X_val2)
-    np.testing.assert_array_equal(y_val, y_val2)
+def test_a_malicious_clients_data_attack_poisons_its_fit_rows_only(data_dir):
+    from fl_client.attacks.config import AttackConfig
+    from fl_client.data import local_table
+    from fl_client.matrices import client_matrices
+    from flows.pipeline import FeaturePipeline, PipelineConfig
+
+    run_config = {"data-dir": str(data_dir), "subsample": 3000, "seed": 0, "partition.scheme": "iid"}
+    node_config = {"partition-id": 0, "num-partitions": 3}
+    _, table = local_table(run_config, node_config)
+    state_json = FeaturePipeline(PipelineConfig()).fit(table).state_.to_json()
+    clean = client_matrices(run_config, node_config, state_json)
+    flipped = client_matrices(run_config, node_config, state_json, AttackConfig("label_flip", 0.3))
+    assert clean.y_fit.sum() > 0 and flipped.y_fit.sum() == 0
+    np.testing.assert_array_equal(clean.X_fit, flipped.X_fit)
+    np.testing.assert_array_equal(clean.y_val, flipped.y_val)  # validation rows untouched
+    poisoned = client_matrices(run_config, node_config, state_json,
+                               AttackConfig("backdoor", 0.3, params={"poison_fraction": 0.5}))  # fmt: skip
+    n_copies = int(round(0.5 * clean.y_fit.sum()))
+    assert len(poisoned.X_fit) == len(clean.X_fit) + n_copies and poisoned.n_real == clean.n_real
+    assert (poisoned.y_fit[len(clean.X_fit):] == 0).all()

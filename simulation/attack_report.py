@@ -1,0 +1,90 @@
+"""After a run with attackers: how well the screening caught them and how far the attack got.
+
+Computed by the harness from the run's outputs (the strategies never see which clients are malicious):
+
+* per round: precision and recall of the screening's rejections against the malicious partitions that were
+  sampled, and the benign clients it excluded;
+* attack success on the final global model and the held-out split: backdoor, the share of triggered attack
+  flows classified benign; targeted label flipping, the recall of the targeted families (lower is a success).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fl_client.attacks.config import AttackConfig, malicious_partitions
+from fl_client.attacks.data_attacks import DEFAULT_TRIGGER, apply_trigger
+from flows.pipeline_state import PipelineState
+from flows.run_split import DataSettings, load_split
+from flows.table import ATTACK_CAT, LABEL
+from models.cnn_lstm import CNNLSTM
+from models.training import predict_logits
+
+
+def screening_scores(rounds: list[dict], malicious: set[int]) -> list[dict]:
+    """Per round with screening decisions: precision/recall of the rejections, benign clients excluded."""
+    rows = []
+    for entry in rounds:
+        decisions = entry.get("screening")
+        if not decisions:
+            continue
+        rejected = {d["client"] for d in decisions if d["verdict"] == "reject"}
+        present = {d["client"] for d in decisions}
+        bad = malicious & present
+        caught = len(rejected & bad)
+        rows.append({"round": entry["round"], "sampled_malicious": len(bad), "rejected": len(rejected),
+                     "precision": caught / len(rejected) if rejected else None,  # undefined: nothing rejected
+                     "recall": caught / len(bad) if bad else 1.0,
+                     "benign_excluded": sorted(rejected - malicious)})  # fmt: skip
+    return rows
+
+
+def final_model_scores(checkpoint: Path, frame) -> np.ndarray:
+    """Attack probabilities of the checkpoint's model on the records of ``frame``."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = PipelineState.from_json(saved["pipeline_state"])
+    model = CNNLSTM(**saved["model_config"])
+    model.load_state_dict(saved["state_dict"])
+    return 1.0 / (1.0 + np.exp(-predict_logits(model, state.transform(frame)).astype(np.float64)))
+
+
+def attack_success(attack: AttackConfig, checkpoint: Path, settings: DataSettings) -> dict:
+    """Backdoor: triggered attack flows classified benign; targeted flipping: recall of the targeted families."""
+    _, test = load_split(settings)
+    frame = test.frame
+    params = dict(attack.params)
+    if attack.name == "backdoor":
+        attacks = frame[frame[LABEL] == 1]
+        triggered = final_model_scores(checkpoint, apply_trigger(attacks, params.get("trigger", DEFAULT_TRIGGER)))
+        clean = final_model_scores(checkpoint, attacks)
+        return {"backdoor_success": float(np.mean(triggered < 0.5)),
+                "attack_flows_missed_without_trigger": float(np.mean(clean < 0.5)), "n": int(len(attacks))}  # fmt: skip
+    if attack.name == "targeted_label_flip":
+        families = list(params.get("families", ["DoS"]))
+        target = frame[frame[ATTACK_CAT].isin(families)]
+        scores = final_model_scores(checkpoint, target)
+        return {"targeted_recall": float(np.mean(scores >= 0.5)), "families": families, "n": int(len(target))}
+    return {}
+
+
+def attack_report(attack: AttackConfig, n_clients: int, seed: int, settings: DataSettings, out_dir: Path) -> dict:
+    """The attack section of a run's report (also merged into its metrics.json)."""
+    if attack.name == "none":
+        return {}
+    malicious = malicious_partitions(n_clients, attack.fraction, seed)
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    per_round = screening_scores(metrics["rounds"], set(malicious))
+    report = {"attack": attack.name, "fraction": attack.fraction, "malicious_partitions": malicious,
+              "screening": per_round, **attack_success(attack, out_dir / "final.pt", settings)}  # fmt: skip
+    if per_round:
+        precisions = [r["precision"] for r in per_round if r["precision"] is not None]
+        report["screening_precision"] = float(np.mean(precisions)) if precisions else None
+        report["screening_recall"] = float(np.mean([r["recall"] for r in per_round]))
+        report["benign_excluded_per_round"] = float(np.mean([len(r["benign_excluded"]) for r in per_round]))
+    metrics["attack"] = report
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return report

@@ -92,12 +92,14 @@ def krum_scores(vectors: np.ndarray, n_malicious: int) -> np.ndarray:
     return np.sort(distances, axis=1)[:, : min(k, n - 1)].sum(axis=1)
 
 
-def majority_cluster(vectors: np.ndarray) -> np.ndarray:
+def majority_cluster(vectors: np.ndarray, min_epsilon: float = 0.0) -> np.ndarray:
     """True for members of the largest HDBSCAN cluster over cosine distances (min cluster size n/2 + 1).
 
-    HDBSCAN calls some points of any single blob noise; clusters closer than three times the typical distance
+    HDBSCAN calls some points of any single blob noise; clusters closer than 1.1 times the typical distance
     from a point to its (n/2)-th nearest neighbour are merged (``cluster_selection_epsilon``), a scale taken
-    from the data: for a member of the majority that neighbour is in the majority too."""
+    from the data: for a member of the majority that neighbour is in the majority too. (On synthetic rounds of
+    10 heterogeneous benign updates, factors 1.0 / 1.1 / 1.5 gave 11 / 0 / 0 false-positive rounds in 100 and
+    caught 3 sign flippers in 100 / 95 / 53 of them.) ``min_epsilon`` keeps near-identical directions together."""
     n = len(vectors)
     if n < 3:
         return np.ones(n, dtype=bool)
@@ -108,7 +110,7 @@ def majority_cluster(vectors: np.ndarray) -> np.ndarray:
     np.fill_diagonal(distances, 0.0)
     typical = float(np.median(np.sort(distances, axis=1)[:, n // 2]))
     labels = HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed", allow_single_cluster=True,
-                     cluster_selection_epsilon=3.0 * typical + 1e-12, copy=True).fit(distances).labels_  # fmt: skip
+                     cluster_selection_epsilon=max(1.1 * typical, min_epsilon, 1e-12), copy=True).fit(distances).labels_  # fmt: skip
     clustered = labels[labels >= 0]
     if len(clustered) == 0:
         return np.ones(n, dtype=bool)  # no structure found: the view abstains
@@ -124,7 +126,7 @@ def view_scores(deltas: np.ndarray, config: ScreeningConfig) -> dict[str, np.nda
         "krum": krum_scores(deltas, int(config.assumed_malicious * n)),
     }
     if config.use_clustering:
-        scores["cluster"] = majority_cluster(deltas).astype(np.float64)
+        scores["cluster"] = majority_cluster(deltas, config.cosine_spread_floor).astype(np.float64)
     return scores
 
 

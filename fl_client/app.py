@@ -29,7 +29,7 @@ from fl_client.attacks.config import DATA_ATTACKS, AttackConfig, malicious_parti
 from fl_client.data import local_table
 from fl_client.matrices import client_matrices
 from fl_client.statistics import statistics_records
-from fl_client.training import build_model, evaluate_local, train_local
+from fl_client.training import build_model, evaluate_local, round_lr, train_local
 
 log = logging.getLogger("flwr.botdefender.client")
 
@@ -101,12 +101,6 @@ def _model(msg: Message) -> torch.nn.Module:
     model = build_model(json.loads(str(msg.content["config"]["model-config"])))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return model
-
-
-def round_lr(run_config, server_round: int) -> float:
-    """The clients' learning rate in ``server_round``: ``lr * lr-decay ** (round - 1)`` (same on every client)."""
-    decay = float(run_config.get("lr-decay", 1.0))
-    return float(run_config.get("lr", 1e-3)) * decay ** max(server_round - 1, 0)
 
 
 @app.query()

@@ -24,6 +24,12 @@ def build_model(model_config: Mapping) -> CNNLSTM:
     return CNNLSTM(**dict(model_config))
 
 
+def round_lr(run_config: Mapping, server_round: int) -> float:
+    """The clients' learning rate in ``server_round``: ``lr * lr-decay ** (round - 1)`` (same on every client)."""
+    decay = float(run_config.get("lr-decay", 1.0))
+    return float(run_config.get("lr", 1e-3)) * decay ** max(server_round - 1, 0)
+
+
 def train_local(
     model: nn.Module, X: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float, seed: int,
     proximal_mu: float = 0.0,

@@ -24,7 +24,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fl_client.training import round_lr, train_local
 from fl_server.data import held_out_test
+from flows.run_split import DataSettings, server_root
 from fl_server.statistics import fit_pipeline_state, node_rank
 from flows.pipeline import PipelineConfig
 from flows.pipeline_state import PipelineState
@@ -102,6 +104,29 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def root_update_fn(run_config, state: PipelineState, arch: dict):
+    """FLTrust's server update: the global model trained on the server's root dataset like a client would
+    (one round's local epochs and learning rate); None when the run has no root dataset."""
+    settings = DataSettings.from_run_config(run_config)
+    if settings.root_size <= 0:
+        return None
+    root = server_root(settings)
+    X, y = state.transform(root.frame), root.frame[LABEL].to_numpy(dtype=np.int64)
+    calls = {"n": 0}
+
+    def update(global_arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls["n"] += 1
+        model = CNNLSTM(**arch)
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()})
+        train_local(model, X, y, epochs=int(run_config.get("local-epochs", 1)),
+                    batch_size=int(run_config.get("batch-size", 64)), lr=round_lr(run_config, calls["n"]),
+                    seed=int(run_config.get("seed", 0)) * 7 + calls["n"])  # fmt: skip
+        return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+    log.info("server root dataset: %d records (for fltrust)", len(root))
+    return update
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
@@ -154,7 +179,7 @@ def main(grid: Grid, context: Context) -> None:
                               fraction_train=float(run_config.get("fraction-train", 1.0)),
                               fraction_evaluate=float(run_config.get("fraction-evaluate", 1.0)),
                               min_nodes=int(run_config.get("strategy.min-nodes", 2)), seed=seed,
-                              node_ranks=ranks)  # fmt: skip
+                              node_ranks=ranks, server_update_fn=root_update_fn(run_config, state, arch))  # fmt: skip
     log.info("strategy %s", type(strategy).__name__)
     broadcast = ConfigRecord({"pipeline-state": state_json, "model-config": json.dumps(arch)})
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=num_rounds,

@@ -28,6 +28,7 @@ class DataSettings:
     subsample: int = 0  # 0 = all records
     test_size: float = 0.2
     seed: int = 0
+    root_size: int = 0  # records carved (stratified) from the held-out split for a server root dataset
 
     @classmethod
     def from_run_config(cls, run_config: Mapping) -> "DataSettings":
@@ -37,12 +38,28 @@ class DataSettings:
             subsample=int(run_config.get("subsample", 0)),
             test_size=float(run_config.get("test-size", 0.2)),
             seed=int(run_config.get("seed", 0)),
+            root_size=int(run_config.get("root-size", 0)),
         )
 
 
-@lru_cache(maxsize=2)
 def load_split(settings: DataSettings) -> tuple[FlowTable, FlowTable]:
-    """(train, test) tables of the run: same rows in every process for the same settings."""
+    """(train, test) tables of the run: same rows in every process for the same settings.
+
+    With ``root_size`` the test table excludes the server's root records (see :func:`server_root`)."""
+    train, test, _ = _load_split(settings)
+    return train, test
+
+
+def server_root(settings: DataSettings) -> FlowTable:
+    """The server's small clean root dataset (FLTrust): ``root_size`` records of the held-out split, never
+    evaluated on and never seen by clients."""
+    if settings.root_size <= 0:
+        raise ValueError("root_size is 0: this run has no server root dataset")
+    return _load_split(settings)[2]
+
+
+@lru_cache(maxsize=2)
+def _load_split(settings: DataSettings) -> tuple[FlowTable, FlowTable, FlowTable | None]:
     table = load_dataset(settings.dataset, settings.data_dir or None)
     n_loaded = len(table)
     if settings.subsample:
@@ -50,4 +67,11 @@ def load_split(settings: DataSettings) -> tuple[FlowTable, FlowTable]:
     train_index, test_index = stratified_split(table.frame[LABEL].to_numpy(), settings.test_size, settings.seed)
     log.info("data %s: %d records loaded, %d used, %d train / %d test (seed %d)", settings.dataset, n_loaded,
              len(table), len(train_index), len(test_index), settings.seed)  # fmt: skip
-    return table.subset(train_index), table.subset(test_index)
+    root = None
+    if settings.root_size > 0:
+        if settings.root_size >= len(test_index) // 2:
+            raise ValueError(f"root_size {settings.root_size} must be below half the {len(test_index)} test records")
+        labels = table.frame[LABEL].to_numpy()[test_index]
+        rest, carved = stratified_split(labels, settings.root_size / len(test_index), settings.seed + 1)
+        root, test_index = table.subset(test_index[carved]), test_index[rest]
+    return table.subset(train_index), table.subset(test_index), root

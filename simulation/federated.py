@@ -43,7 +43,7 @@ def data_settings(cfg: DictConfig) -> DataSettings:
     data_dir = resolve_data_dir(cfg.dataset.data_dir)
     return DataSettings(data_dir=str(data_dir.resolve()), dataset=cfg.dataset.name,
                         subsample=int(cfg.simulation.subsample), test_size=float(cfg.simulation.test_size),
-                        seed=int(cfg.seed))  # fmt: skip
+                        seed=int(cfg.seed), root_size=int(cfg.simulation.get("root_size", 0)))  # fmt: skip
 
 
 def attack_config(cfg: DictConfig) -> AttackConfig:
@@ -68,6 +68,10 @@ def check_config(cfg: DictConfig) -> tuple[Path, PartitionConfig, DataSettings]:
                        min(int(cfg.strategy.min_nodes), partition.n_clients))  # fmt: skip
     except StrategyConfigError as err:
         raise SimulationConfigError(str(err)) from None
+    uses_fltrust = "fltrust" in (str(cfg.strategy.name), str(strategy_params(cfg).get("inner", "")))
+    if uses_fltrust and int(cfg.simulation.get("root_size", 0)) <= 0:
+        raise SimulationConfigError("strategy fltrust needs a server root dataset: set simulation.root_size "
+                                    "(records carved from the held-out split, e.g. 200)")  # fmt: skip
     try:
         attack_config(cfg)
     except ValueError as err:
@@ -96,6 +100,7 @@ def run_config(cfg: DictConfig, out_dir: Path, settings: DataSettings, partition
     values = {
         "out-dir": str(out_dir.resolve()), "data-dir": settings.data_dir, "dataset": settings.dataset,
         "seed": settings.seed, "subsample": settings.subsample, "test-size": settings.test_size,
+        "root-size": settings.root_size,
         "val-fraction": float(cfg.simulation.val_fraction), "num-server-rounds": int(cfg.simulation.num_rounds),
         "local-epochs": int(cfg.simulation.local_epochs), "batch-size": int(cfg.simulation.batch_size),
         "lr": float(cfg.simulation.lr), "lr-decay": float(cfg.simulation.lr_decay), "client-threads": int(cfg.simulation.client_threads),

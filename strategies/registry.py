@@ -38,6 +38,8 @@ class StrategyConfigError(ValueError):
 
 
 SCREENING = "screening"
+ROBUST_PARAMS = {"fltrust": set(), "flame": {"noise_lambda"}, "centered_clipping": {"iterations", "tau"}}
+ALL_NAMES = (*sorted(STRATEGIES), *ROBUST_PARAMS, SCREENING)
 
 
 def split_screening_params(params: Mapping[str, Any]) -> tuple[str, dict, ScreeningConfig]:
@@ -60,7 +62,7 @@ def split_screening_params(params: Mapping[str, Any]) -> tuple[str, dict, Screen
 def strategy_class(name: str) -> type:
     """``DeterministicMixin`` + Flower's class for ``name`` (one class object per name)."""
     if name not in STRATEGIES:
-        raise StrategyConfigError(f"unknown strategy {name!r}: available {', '.join(sorted(STRATEGIES))}")
+        raise StrategyConfigError(f"unknown strategy {name!r}: available {', '.join(ALL_NAMES)}")
     if name not in _CLASSES:
         base = STRATEGIES[name]
         _CLASSES[name] = type(f"Deterministic{base.__name__}", (DeterministicMixin, base), {})
@@ -78,8 +80,11 @@ def check_strategy(name: str, params: Mapping[str, Any], n_nodes: int, fraction_
     if name == SCREENING:
         inner, inner_params, _ = split_screening_params(params)
         return check_strategy(inner, inner_params, n_nodes, fraction_train, fraction_evaluate, min_nodes)
-    base = STRATEGIES.get(name) or strategy_class(name)
-    accepted = set(inspect.signature(base.__init__).parameters) - {"self"} - MANAGED
+    if name in ROBUST_PARAMS:
+        accepted = ROBUST_PARAMS[name]
+    else:
+        base = STRATEGIES.get(name) or strategy_class(name)
+        accepted = set(inspect.signature(base.__init__).parameters) - {"self"} - MANAGED
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise StrategyConfigError(f"strategy {name}: unknown parameter(s) {', '.join(unknown)}; "
@@ -103,8 +108,10 @@ def check_strategy(name: str, params: Mapping[str, Any], n_nodes: int, fraction_
 
 def build_strategy(name: str, params: Mapping[str, Any], *, n_nodes: int, fraction_train: float = 1.0,
                    fraction_evaluate: float = 1.0, min_nodes: int = 2, seed: int = 0,
-                   node_ranks: Mapping[int, int] | None = None):  # fmt: skip
-    """The configured strategy for ``n_nodes`` connected nodes (all must connect before round 1)."""
+                   node_ranks: Mapping[int, int] | None = None, server_update_fn=None):  # fmt: skip
+    """The configured strategy for ``n_nodes`` connected nodes (all must connect before round 1).
+
+    ``server_update_fn`` (global arrays -> arrays trained on the server's root dataset) is needed by fltrust."""
     min_nodes = min(min_nodes, n_nodes)
     check_strategy(name, params, n_nodes, fraction_train, fraction_evaluate, min_nodes)
     if name == SCREENING:
@@ -113,7 +120,18 @@ def build_strategy(name: str, params: Mapping[str, Any], *, n_nodes: int, fracti
         inner, inner_params, config = split_screening_params(params)
         return ScreeningStrategy(build_strategy(inner, inner_params, n_nodes=n_nodes, fraction_train=fraction_train,
                                                 fraction_evaluate=fraction_evaluate, min_nodes=min_nodes,
-                                                seed=seed, node_ranks=node_ranks), config)  # fmt: skip
+                                                seed=seed, node_ranks=node_ranks,
+                                                server_update_fn=server_update_fn), config)  # fmt: skip
+    if name in ROBUST_PARAMS:
+        from strategies.robust_aggregation import RobustAggregation
+
+        if name == "fltrust" and server_update_fn is None:
+            raise StrategyConfigError("strategy fltrust needs a server root dataset (simulation.root_size > 0)")
+        return RobustAggregation(
+            fraction_train=fraction_train, fraction_evaluate=fraction_evaluate, min_train_nodes=min_nodes,
+            min_evaluate_nodes=min_nodes, min_available_nodes=n_nodes, seed=seed, node_ranks=node_ranks,
+            aggregator=name, server_update_fn=server_update_fn, **dict(params),
+        )  # fmt: skip
     return strategy_class(name)(
         fraction_train=fraction_train, fraction_evaluate=fraction_evaluate, min_train_nodes=min_nodes,
         min_evaluate_nodes=min_nodes, min_available_nodes=n_nodes, seed=seed, node_ranks=node_ranks,

@@ -18,30 +18,14 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.app.message import make_message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from strategies.reply_checks import check_train_reply, expected_metric_keys
 from strategies.screening import Decision, ScreeningConfig, UpdateScreen
+from strategies.updates import collect_updates, unflatten, with_weights
 
 log = logging.getLogger(__name__)
-
-
-def flatten(arrays: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
-    return np.concatenate([arrays[n].reshape(-1).astype(np.float64) for n in names]) if names else np.zeros(0)
-
-
-def unflatten(vector: np.ndarray, reference: dict[str, np.ndarray], names: list[str]) -> ArrayRecord:
-    out, start = {}, 0
-    for name in names:
-        shape, dtype = reference[name].shape, reference[name].dtype
-        size = int(np.prod(shape))
-        out[name] = Array(vector[start : start + size].reshape(shape).astype(dtype))
-        start += size
-    return ArrayRecord(out)
 
 
 class ScreeningStrategy(Strategy):
@@ -80,27 +64,15 @@ class ScreeningStrategy(Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         key = getattr(self.inner, "reply_key", lambda r: int(r.metadata.src_node_id))
         replies = sorted(replies, key=key)
-        names = sorted(self._global)
-        expected = expected_metric_keys(replies)
-        decisions: list[Decision] = []
-        valid: list[Message] = []
-        for reply in replies:
-            reason = check_train_reply(reply, self._global, expected)
-            if reason:
-                decisions.append(Decision(client=self._client_id(reply), accepted=False, reasons=[reason]))
-            else:
-                valid.append(reply)
+        batch = collect_updates(replies, self._global, self._client_id)
+        decisions: list[Decision] = list(batch.rejected)
         accepted_replies: list[Message] = []
-        if valid:
-            base = flatten(self._global, names)
-            deltas = np.stack([flatten({n: a.numpy() for n, a in next(iter(r.content.array_records.values())).items()},
-                                       names) - base for r in valid])  # fmt: skip
-            screened, kept = self.screen.screen([self._client_id(r) for r in valid], deltas)
+        if batch.replies:
+            screened, kept = self.screen.screen(batch.clients, batch.deltas)
             decisions.extend(screened)
-            for reply, delta in zip([r for r, d in zip(valid, screened) if d.accepted], kept):
-                metrics = next(iter(reply.content.metric_records.items()))
-                content = RecordDict({"arrays": unflatten(base + delta, self._global, names), metrics[0]: metrics[1]})
-                accepted_replies.append(make_message(metadata=reply.metadata, content=content))
+            good = [reply for reply, decision in zip(batch.replies, screened) if decision.accepted]
+            for reply, delta in zip(good, kept):
+                accepted_replies.append(with_weights(reply, unflatten(batch.base + delta, self._global, batch.names)))
         decisions.sort(key=lambda d: d.client)
         self.decisions[server_round] = [{"round": server_round, **d.as_dict()} for d in decisions]
         record = getattr(self.inner, "record_replies", None)

@@ -11,7 +11,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 from flwr.app.message import make_message
 
-from strategies.registry import STRATEGIES, StrategyConfigError, build_strategy, check_strategy
+from strategies.registry import ALL_NAMES, StrategyConfigError, build_strategy, check_strategy
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +109,7 @@ def test_every_configured_strategy_builds_and_aggregates():
     from simulation.federated import strategy_params
 
     names = sorted(p.stem for p in __import__("pathlib").Path(CONF_DIR, "strategy").glob("*.yaml"))
-    assert set(names) == set(STRATEGIES) | {"screening"}
+    assert set(names) == set(ALL_NAMES)
     n = 10
     node_ids = _node_ids(n, 1)
     rng = np.random.default_rng(1)
@@ -118,7 +118,8 @@ def test_every_configured_strategy_builds_and_aggregates():
             cfg = compose("federated", overrides=[f"strategy={name}"])
         assert cfg.strategy.name == name
         strategy = build_strategy(name, strategy_params(cfg), n_nodes=n,
-                                  node_ranks={node: i for i, node in enumerate(node_ids)})  # fmt: skip
+                                  node_ranks={node: i for i, node in enumerate(node_ids)},
+                                  server_update_fn=lambda g: {k: v + 0.01 for k, v in g.items()})  # fmt: skip
         sent = strategy.configure_train(1, _arrays(np.zeros(50, np.float32)), ConfigRecord(), FakeGrid(node_ids))
         assert len(list(sent)) == n
         replies = [_reply(node, rng.normal(size=50).astype(np.float32), 100) for node in node_ids]

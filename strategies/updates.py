@@ -1,0 +1,68 @@
+"""Training replies -> checked, flattened update vectors (reply weights - broadcast weights), and back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.app.message import make_message
+
+from strategies.reply_checks import check_train_reply, expected_metric_keys
+from strategies.screening import Decision
+
+
+def flatten(arrays: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
+    return np.concatenate([arrays[n].reshape(-1).astype(np.float64) for n in names]) if names else np.zeros(0)
+
+
+def unflatten(vector: np.ndarray, reference: dict[str, np.ndarray], names: list[str]) -> ArrayRecord:
+    out, start = {}, 0
+    for name in names:
+        shape, dtype = reference[name].shape, reference[name].dtype
+        size = int(np.prod(shape))
+        out[name] = Array(vector[start : start + size].reshape(shape).astype(dtype))
+        start += size
+    return ArrayRecord(out)
+
+
+def reply_arrays(reply: Message) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in next(iter(reply.content.array_records.values())).items()}
+
+
+@dataclass
+class UpdateBatch:
+    """The well-formed replies of a round with their clients and update vectors; the malformed ones rejected."""
+
+    base: np.ndarray  # the broadcast global weights, flattened
+    names: list[str]
+    replies: list[Message] = field(default_factory=list)
+    clients: list[int] = field(default_factory=list)
+    deltas: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    rejected: list[Decision] = field(default_factory=list)
+
+
+def collect_updates(replies: list[Message], global_arrays: dict[str, np.ndarray],
+                    client_id: Callable[[Message], int]) -> UpdateBatch:  # fmt: skip
+    """Check every reply (:mod:`strategies.reply_checks`) and flatten the good ones into update vectors."""
+    names = sorted(global_arrays)
+    batch = UpdateBatch(base=flatten(global_arrays, names), names=names)
+    expected = expected_metric_keys(replies)
+    rows = []
+    for reply in replies:
+        reason = check_train_reply(reply, global_arrays, expected)
+        if reason:
+            batch.rejected.append(Decision(client=client_id(reply), accepted=False, reasons=[reason]))
+            continue
+        batch.replies.append(reply)
+        batch.clients.append(client_id(reply))
+        rows.append(flatten(reply_arrays(reply), names) - batch.base)
+    batch.deltas = np.stack(rows) if rows else np.zeros((0, len(batch.base)))
+    return batch
+
+
+def with_weights(reply: Message, arrays: ArrayRecord) -> Message:
+    """A copy of ``reply`` carrying ``arrays`` instead of its own (metrics and metadata kept)."""
+    metric_key, metrics = next(iter(reply.content.metric_records.items()))
+    return make_message(metadata=reply.metadata, content=RecordDict({"arrays": arrays, metric_key: metrics}))

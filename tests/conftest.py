@@ -32,3 +32,24 @@ def unsw_table(data_dir):
     from flows.loader import load_dataset
 
     return load_dataset("unsw-nb15", data_dir)
+
+
+@pytest.fixture
+def task_identity():
+    """Messages built outside a running ServerApp need the identity Flower sets in its processes."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+class FakeGrid:
+    """Only what a strategy's configure_* uses: the connected node ids (random, as Flower assigns them)."""
+
+    def __init__(self, node_ids: list[int]) -> None:
+        self.node_ids = list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import FakeGrid
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Metadata, MetricRecord, RecordDict
 from flwr.app.message import make_message
 
@@ -17,22 +18,7 @@ from strategies.screening_strategy import ScreeningStrategy
 SHAPES = {"a": (20, 10), "b": (10,)}
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
-class FakeGrid:
-    def __init__(self, node_ids):
-        self.node_ids = list(node_ids)
-
-    def get_node_ids(self):
-        return list(self.node_ids)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _metadata(node: int) -> Metadata:

@@ -8,31 +8,14 @@ import time
 
 import numpy as np
 import pytest
+from conftest import FakeGrid
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 from flwr.app.message import make_message
 
 from strategies.registry import ALL_NAMES, StrategyConfigError, build_strategy, check_strategy
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Messages built outside a running ServerApp need the identity Flower sets in its processes."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
-class FakeGrid:
-    """Only what a strategy's configure_* uses: the connected node ids (random, as Flower assigns them)."""
-
-    def __init__(self, node_ids: list[int]) -> None:
-        self.node_ids = node_ids
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.node_ids)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _arrays(weights: np.ndarray) -> ArrayRecord:

@@ -9,7 +9,8 @@ epoch, the server root dataset of ``--root-size`` held-out records in every run 
 evaluated on the same rows as the others). The grid is the Hydra multirun
 ``python -m simulation -m attack=A,B,.. strategy=X,Y,.. attack.fraction=0.2,0.3`` run one job at a time by this
 script, so that a cell whose result is already in ``benchmarks/results/poisoning/cells/`` is skipped and an
-interrupted benchmark resumes where it stopped (Hydra's own multirun cannot resume). The report gives, per (attack, fraction, defence): clean F1, the gap to attack-free
+interrupted benchmark resumes where it stopped (Hydra's own multirun cannot resume). The report gives, per
+(attack, fraction, defence): clean F1, the gap to attack-free
 FedAvg, the attack success (backdoor: triggered attack flows classified benign; targeted flipping: recall of
 the targeted family) and the screening's precision and recall, as a table and a heatmap in README.md.
 """

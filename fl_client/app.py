@@ -57,7 +57,8 @@ def _honest_training(context: Context, msg: Message, X: np.ndarray, y: np.ndarra
     model = _model(msg)
     loss = train_local(model, X, y, epochs=int(context.run_config.get("local-epochs", 1)),
                        batch_size=int(context.run_config.get("batch-size", 64)),
-                       lr=round_lr(context.run_config, server_round), seed=_train_seed(context, partition_id, server_round),
+                       lr=round_lr(context.run_config, server_round),
+                       seed=_train_seed(context, partition_id, server_round),
                        proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)))  # fmt: skip
     return model, loss
 

@@ -24,8 +24,9 @@ def centralized_reference(cfg: DictConfig, seed: int | None = None) -> dict:
     """Metrics (and train seconds) of the centralized ``cfg.model`` on the split of the federated ``cfg``."""
     settings = data_settings(cfg)
     train, test = load_split(settings)
-    pipeline = FeaturePipeline(PipelineConfig(log_transform=bool(cfg.pipeline.log_transform),
-                                              min_category_count=int(cfg.pipeline.min_category_count))).fit(train)  # fmt: skip
+    config = PipelineConfig(log_transform=bool(cfg.pipeline.log_transform),
+                            min_category_count=int(cfg.pipeline.min_category_count))
+    pipeline = FeaturePipeline(config).fit(train)
     X_train, X_test = pipeline.transform(train.frame), pipeline.transform(test.frame)
     y_train = train.frame[LABEL].to_numpy(dtype=np.int64)
     y_test = test.frame[LABEL].to_numpy(dtype=np.int64)

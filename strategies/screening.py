@@ -109,8 +109,9 @@ def majority_cluster(vectors: np.ndarray, min_epsilon: float = 0.0) -> np.ndarra
     distances = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
     np.fill_diagonal(distances, 0.0)
     typical = float(np.median(np.sort(distances, axis=1)[:, n // 2]))
+    epsilon = max(1.1 * typical, min_epsilon, 1e-12)
     labels = HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed", allow_single_cluster=True,
-                     cluster_selection_epsilon=max(1.1 * typical, min_epsilon, 1e-12), copy=True).fit(distances).labels_  # fmt: skip
+                     cluster_selection_epsilon=epsilon, copy=True).fit(distances).labels_  # fmt: skip
     clustered = labels[labels >= 0]
     if len(clustered) == 0:
         return np.ones(n, dtype=bool)  # no structure found: the view abstains

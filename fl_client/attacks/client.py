@@ -18,7 +18,7 @@ from fl_client.attacks.config import UPDATE_ATTACKS, AttackConfig
 
 def malicious_update(attack: AttackConfig, own: np.ndarray, benign_updates: Callable[[], np.ndarray],
                      n_clients: int, n_malicious: int, rng: np.random.Generator) -> np.ndarray:  # fmt: skip
-    """The update a malicious client sends instead of ``own`` (its honest update on its own, possibly poisoned, data)."""
+    """The update a malicious client sends instead of ``own`` (its honest update on its own, maybe poisoned, data)."""
     p = dict(attack.params)
     if attack.name == "sign_flip":
         return ua.sign_flip(own, float(p.get("scale", 1.0)))

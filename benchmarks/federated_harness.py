@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import statistics
 import sys
 from pathlib import Path
@@ -156,6 +157,10 @@ def update_readme(block: str) -> None:
     readme.write_text(f"{head}{MARK_START}\n{block}\n{MARK_END}{tail}")
 
 
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=("scale", "quality", "all"), default="all")
@@ -167,6 +172,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--fresh", action="store_true", help="rerun quality entries already in quality.json")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)  # unwind, so that the running simulation is stopped too
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     RESULTS.mkdir(parents=True, exist_ok=True)
     scale = quality = None

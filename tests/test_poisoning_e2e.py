@@ -36,6 +36,7 @@ def test_screening_beats_fedavg_under_sign_flipping(tmp_path, data_dir):
     assert f1_screened > 0.75  # above the 0.71 of always answering "attack"
     report = screened["attack"]
     assert report["malicious_partitions"] and report["screening_precision"] == 1.0
-    assert report["screening"][-1]["recall"] == 1.0  # by the last round every attacker is kept out
+    rejected = {d["client"] for r in screened["rounds"][1:] for d in r["screening"] if d["verdict"] == "reject"}
+    assert rejected == set(report["malicious_partitions"])  # every attacker caught at least once, nobody else
     assert all(not r["benign_excluded"] for r in report["screening"])
     assert "screening" not in plain["rounds"][1]  # plain FedAvg has no screening decisions

@@ -34,7 +34,8 @@ class ScreeningConfig:
     min_votes: int = 2  # views that must flag a client to reject it this round
     assumed_malicious: float = 0.3  # share f/n used by the Krum score
     reputation_decay: float = 0.6  # weight of the past in the reputation's moving average
-    reputation_floor: float = 0.5  # below this a client stays rejected until it earns trust back
+    reputation_floor: float = 0.7  # below this a client stays rejected until it earns trust back (with decay
+    # 0.6: a single flagged round costs nothing more; after two, a client needs two clean rounds to return)
     clip: bool = True  # clip accepted updates to the median accepted norm
     use_clustering: bool = True
     # spread floors, so that near-identical benign updates do not turn tiny differences into huge z-scores

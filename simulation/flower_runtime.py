@@ -144,6 +144,8 @@ class LocalFederation:
 
     def __enter__(self) -> "LocalFederation":
         self.home.mkdir(parents=True, exist_ok=True)
+        # a SuperLink state left by an interrupted earlier run in this folder would make `flwr ls` report that run
+        shutil.rmtree(self.home / "local-superlink", ignore_errors=True)
         (self.home / "config.toml").write_text(CONFIG_TOML)
         check_ray_tmp_parent(self.ray_tmp_parent)
         self.ray_tmp_parent.mkdir(parents=True, exist_ok=True)

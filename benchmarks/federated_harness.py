@@ -171,11 +171,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--fresh", action="store_true", help="rerun quality entries already in quality.json")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the table from the JSON results")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _interrupt)  # unwind, so that the running simulation is stopped too
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     RESULTS.mkdir(parents=True, exist_ok=True)
     scale = quality = None
+    if args.report_only:
+        args.part = "none"
     if args.part in ("scale", "all"):
         scale = scale_part(args.clients, args.rounds, args.workers, args.timeout)
         (RESULTS / "scale.json").write_text(json.dumps(scale, indent=1))

@@ -30,6 +30,7 @@ from fl_client.data import local_table
 from fl_client.matrices import client_matrices
 from fl_client.statistics import statistics_records
 from fl_client.training import build_model, evaluate_local, round_lr, train_local
+from strategies.updates import flatten, unflatten
 
 log = logging.getLogger("flwr.botdefender.client")
 
@@ -63,17 +64,13 @@ def _honest_training(context: Context, msg: Message, X: np.ndarray, y: np.ndarra
     return model, loss
 
 
+def _numpy_state(state: dict) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
 def _vector(state: dict) -> np.ndarray:
-    return np.concatenate([state[k].detach().cpu().numpy().reshape(-1) for k in sorted(state)]).astype(np.float64)
-
-
-def _from_vector(vector: np.ndarray, like: dict) -> dict:
-    out, start = {}, 0
-    for key in sorted(like):
-        size = like[key].numel()
-        out[key] = torch.from_numpy(vector[start : start + size].reshape(tuple(like[key].shape))).to(like[key].dtype)
-        start += size
-    return out
+    """A torch state dict as one float64 vector (the layout of :func:`strategies.updates.flatten`)."""
+    return flatten(_numpy_state(state), sorted(state))
 
 
 _BENIGN: dict[tuple, np.ndarray] = {}
@@ -135,7 +132,8 @@ def train(msg: Message, context: Context) -> Message:
         rng = np.random.default_rng([_train_seed(context, partition_id, server_round), 0xA77AC])
         bad = malicious_update(attack, _vector(model.state_dict()) - base,
                                lambda: _colluders_updates(context, msg, attack), n, n_bad, rng)  # fmt: skip
-        model.load_state_dict(_from_vector(base + bad, model.state_dict()))
+        reference = _numpy_state(model.state_dict())
+        model.load_state_dict(unflatten(base + bad, reference, sorted(reference)).to_torch_state_dict())
     log.info("client %d round %d: %d rows, train_loss %.4f%s", partition_id, server_round, len(m.X_fit), loss,
              f" (malicious: {attack.name})" if attack else "")  # fmt: skip
     metrics = MetricRecord({"num-examples": int(m.n_real), "train_loss": float(loss),

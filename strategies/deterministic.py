@@ -68,6 +68,11 @@ class DeterministicMixin:
     def rank_of_node(self, node_id: int) -> int:
         return self.node_ranks.get(int(node_id), UNRANKED)
 
+    def client_id(self, reply: Message) -> int:
+        """The id reports use for a reply's client: its rank (partition id) if known, else its node id."""
+        rank = self.rank_of_node(reply.metadata.src_node_id)
+        return rank if rank != UNRANKED else int(reply.metadata.src_node_id)
+
     def reply_key(self, reply: Message) -> tuple[int, int]:
         node = int(reply.metadata.src_node_id)
         return self.rank_of_node(node), node

@@ -83,8 +83,8 @@ def check_strategy(name: str, params: Mapping[str, Any], n_nodes: int, fraction_
     if name in ROBUST_PARAMS:
         accepted = ROBUST_PARAMS[name]
     else:
-        base = STRATEGIES.get(name) or strategy_class(name)
-        accepted = set(inspect.signature(base.__init__).parameters) - {"self"} - MANAGED
+        strategy_class(name)  # raises for an unknown name
+        accepted = set(inspect.signature(STRATEGIES[name].__init__).parameters) - {"self"} - MANAGED
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise StrategyConfigError(f"strategy {name}: unknown parameter(s) {', '.join(unknown)}; "

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from strategies import defences
-from strategies.deterministic import UNRANKED, DeterministicMixin
+from strategies.deterministic import DeterministicMixin
 from strategies.updates import collect_updates, flatten, unflatten
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,10 @@ class RobustAggregation(DeterministicMixin, FedAvg):
         self._global = {name: array.numpy().copy() for name, array in arrays.items()}
         return super().configure_train(server_round, arrays, config, grid)
 
-    def _client_id(self, reply: Message) -> int:
-        rank = self.rank_of_node(reply.metadata.src_node_id)
-        return rank if rank != UNRANKED else int(reply.metadata.src_node_id)
-
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = sorted(replies, key=self.reply_key)
         self.client_train[server_round] = self.record_replies(replies)
-        batch = collect_updates(replies, self._global, self._client_id)
+        batch = collect_updates(replies, self._global, self.client_id)
         rows = [{"round": server_round, **d.as_dict()} for d in batch.rejected]
         if not batch.replies:
             self.decisions[server_round] = rows

@@ -56,10 +56,8 @@ class ScreeningStrategy(Strategy):
         return self.inner.aggregate_evaluate(server_round, replies)
 
     def _client_id(self, reply: Message) -> int:
-        rank_of = getattr(self.inner, "rank_of_node", None)
-        node = int(reply.metadata.src_node_id)
-        rank = rank_of(node) if rank_of else node
-        return rank if rank < (1 << 40) else node
+        client_id = getattr(self.inner, "client_id", None)  # registry strategies rank nodes; others: node id
+        return client_id(reply) if client_id else int(reply.metadata.src_node_id)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         key = getattr(self.inner, "reply_key", lambda r: int(r.metadata.src_node_id))

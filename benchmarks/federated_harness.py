@@ -105,10 +105,14 @@ def quality_part(alphas: list[float], seeds: list[int], timeout: float, fresh: b
             runs["federated"].setdefault(str(alpha), {})[key] = {
                 "f1": final["f1"], "accuracy": final["accuracy"], "roc_auc": final["roc_auc"],
                 "best_round_f1": max(r["global"]["f1"] for r in metrics["rounds"]),
-                "rounds": len(metrics["rounds"]) - 1, "wall_seconds": metrics["benchmark"]["wall_seconds"]}  # fmt: skip
+                "rounds": len(metrics["rounds"]) - 1, "wall_seconds": metrics["benchmark"]["wall_seconds"],
+                "settings": {k: metrics["run_config"].get(k) for k in SETTINGS}}  # fmt: skip
             path.write_text(json.dumps(runs, indent=1))
             log.info("federated alpha %s seed %d: f1 %.4f", alpha, seed, final["f1"])
     return runs
+
+
+SETTINGS = ("num-server-rounds", "local-epochs", "batch-size", "lr", "lr-decay", "strategy.name")
 
 
 def median_of(values: dict, key: str) -> float:
@@ -134,15 +138,19 @@ def markdown(scale: list[dict] | None, quality: dict | None) -> str:
         lines += ["Final F1 (%) of the global model on the held-out split beside the centralized CNN-LSTM trained on "
                   "the union of the clients' rows of the same split (same seeds); medians over seeds:", "",
                   "| Dirichlet alpha (attack family) | seeds | federated F1 | best-round F1 | centralized F1 | "
-                  "gap (points) | per-seed gaps |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "gap of the medians (points) | per-seed gaps (median) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
         for alpha in sorted(quality["federated"], key=float):
             runs = quality["federated"][alpha]
             seeds = sorted(runs, key=int)
             f1, c_f1 = median_of(runs, "f1"), statistics.median(central[s]["f1"] for s in seeds)
-            gaps = ", ".join(f"{100 * (central[s]['f1'] - runs[s]['f1']):+.2f}" for s in seeds)
+            gaps = [100 * (central[s]["f1"] - runs[s]["f1"]) for s in seeds]
+            listed = ", ".join(f"{g:+.2f}" for g in gaps)
             lines.append(f"| {alpha} | {', '.join(seeds)} | {100 * f1:.2f} | {100 * median_of(runs, 'best_round_f1'):.2f} | "
-                         f"{100 * c_f1:.2f} | {100 * (c_f1 - f1):+.2f} | {gaps} |")  # fmt: skip
-        lines.append("")
+                         f"{100 * c_f1:.2f} | {100 * (c_f1 - f1):+.2f} | {listed} ({statistics.median(gaps):+.2f}) |")  # fmt: skip
+        settings = {json.dumps(run.get("settings"), sort_keys=True) for runs in quality["federated"].values()
+                    for run in runs.values()}  # fmt: skip
+        if settings:
+            lines += ["", "Federated settings of these runs: " + "; ".join(sorted(settings)), ""]
     return "\n".join(lines)
 
 

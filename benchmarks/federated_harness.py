@@ -64,7 +64,7 @@ def round_breakdown(metrics: dict, workers: int) -> dict:
 def scale_part(clients: list[int], rounds: int, workers: int, timeout: float) -> list[dict]:
     rows = []
     for n in clients:
-        metrics = run_simulation([f"partition.n_clients={n}", "simulation.local_epochs=1",
+        metrics = run_simulation([f"partition.n_clients={n}", "strategy=fedavg", "simulation.local_epochs=1",
                                   f"simulation.num_rounds={rounds}"], RESULTS / f"scale_{n}", timeout)  # fmt: skip
         row = {"clients": n, "rounds": rounds, **round_breakdown(metrics, workers),
                "peak_pss_gb": metrics["benchmark"]["peak_pss_bytes"] / 1e9,
@@ -99,7 +99,7 @@ def quality_part(alphas: list[float], seeds: list[int], timeout: float, fresh: b
         for alpha in alphas:
             if key in runs["federated"].get(str(alpha), {}):
                 continue
-            metrics = run_simulation([f"seed={seed}", f"partition.alpha={alpha}"],
+            metrics = run_simulation([f"seed={seed}", f"partition.alpha={alpha}", "strategy=fedavg"],
                                      RESULTS / f"quality_a{alpha}_s{seed}", timeout)  # fmt: skip
             final = metrics["final"]
             runs["federated"].setdefault(str(alpha), {})[key] = {

@@ -181,6 +181,11 @@ def main(grid: Grid, context: Context) -> None:
                               min_nodes=int(run_config.get("strategy.min-nodes", 2)), seed=seed,
                               node_ranks=ranks, server_update_fn=root_update_fn(run_config, state, arch))  # fmt: skip
     log.info("strategy %s", type(strategy).__name__)
+    if bool(run_config.get("save-updates", False)):
+        if hasattr(strategy, "updates_dir"):
+            strategy.updates_dir = out_dir / "updates"
+        else:
+            log.warning("save-updates: only the screening strategy keeps update vectors; nothing will be saved")
     broadcast = ConfigRecord({"pipeline-state": state_json, "model-config": json.dumps(arch)})
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=num_rounds,
                             train_config=broadcast, evaluate_config=ConfigRecord(dict(broadcast)),

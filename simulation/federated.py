@@ -109,6 +109,7 @@ def run_config(cfg: DictConfig, out_dir: Path, settings: DataSettings, partition
         "fraction-evaluate": float(cfg.strategy.fraction_evaluate),
         "strategy.name": str(cfg.strategy.name), "strategy.params": json.dumps(strategy_params(cfg)),
         "strategy.min-nodes": int(cfg.strategy.min_nodes), "smote": bool(cfg.simulation.smote),
+        "save-updates": bool(cfg.simulation.get("save_updates", False)),
         **partition_run_config(partition), **attack_config(cfg).run_config(),
         "pipeline.log-transform": bool(cfg.pipeline.log_transform),
         "pipeline.min-category-count": int(cfg.pipeline.min_category_count),

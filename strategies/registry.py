@@ -49,11 +49,13 @@ def split_screening_params(params: Mapping[str, Any]) -> tuple[str, dict, Screen
     inner_params = dict(rest.pop("inner_params", None) or {})
     if inner == SCREENING:
         raise StrategyConfigError("strategy screening cannot wrap itself")
+    unknown = sorted(set(rest) - set(ScreeningConfig.__dataclass_fields__))
+    if unknown:
+        fields = ", ".join(ScreeningConfig.__dataclass_fields__)
+        raise StrategyConfigError(f"strategy screening: unknown parameter(s) {', '.join(unknown)}; "
+                                  f"accepted: inner, inner_params, {fields}")  # fmt: skip
     try:
         config = ScreeningConfig(**rest)
-    except TypeError as err:
-        fields = ", ".join(ScreeningConfig.__dataclass_fields__)
-        raise StrategyConfigError(f"strategy screening: {err}; accepted: inner, inner_params, {fields}") from None
     except ValueError as err:
         raise StrategyConfigError(f"strategy screening: {err}") from None
     return inner, inner_params, config

@@ -3,20 +3,31 @@
 Each round, every client's update is the difference between the weights it returns and the broadcast global
 weights, flattened to one vector. Four views score it:
 
-* ``norm``: its L2 norm (scaling, noise and model-replacement updates are large);
-* ``cosine``: cosine similarity to the coordinate-wise median update, a reference that a minority of
-  attackers cannot drag (sign flipping, IPM and label flipping point away from it);
-* ``krum``: Krum's score, the summed squared distance to its n - f - 2 nearest neighbours (Blanchard et al.,
-  "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017);
+* ``norm``: its L2 norm, on a log scale (honest norms grow with the client's data; scaling, noise and
+  model-replacement updates are large);
+* ``cosine``: cosine similarity to a robust reference, by default the mean of the best-aligned majority refined
+  from the coordinate-wise median (:func:`majority_reference`), which a minority of attackers cannot drag (sign
+  flipping and IPM point away from it);
+* ``krum``: Krum's score over the updates' directions, the summed squared distance to its n - f - 2 nearest
+  neighbours (Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent",
+  NeurIPS 2017);
 * ``cluster``: whether it falls outside the majority cluster of an HDBSCAN over pairwise cosine distances with
   a minimum cluster size of n/2 + 1, as in FLAME (Nguyen et al., "FLAME: Taming Backdoors in Federated
   Learning", USENIX Security 2022).
 
 A view flags a client when the client's robust z-score (distance from the median in units of 1.4826 x MAD,
 never a fixed threshold on the raw score) exceeds ``z_threshold`` in the view's bad direction. A client is
-rejected when at least ``min_votes`` views flag it or when its reputation (an exponential moving average of its
-clean rounds) falls below ``reputation_floor``. Accepted updates are clipped to the median norm of the accepted
-updates. Every decision carries the scores and the reasons.
+rejected when
+
+* at least ``min_votes`` views flag it, or its log norm is beyond twice the threshold;
+* its update is a near-copy of another client's (colluding attacks send one crafted vector from every attacker);
+* its cosine to the reference, averaged over rounds, is below ``alignment_floor``: with non-IID clients the
+  cosine of a single round is too noisy to convict (honest minority clients dip below 0 now and then), but a sign
+  flipper points against the majority round after round;
+* or its reputation (an exponential moving average of its clean rounds) is below ``reputation_floor``.
+
+Accepted updates are clipped to a robust bound of the accepted norms. Every decision carries the scores and the
+reasons.
 """
 
 from __future__ import annotations
@@ -26,20 +37,36 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
+REFERENCES = ("median", "majority")
 
 
 @dataclass(frozen=True)
 class ScreeningConfig:
+    """Defaults chosen on recorded rounds of 20 Dirichlet-0.5 UNSW-NB15 clients (``simulation.save_updates``):
+    attack-free, and with 20% sign flipping, label flipping, ALIE and IPM attackers (see the README)."""
+
     z_threshold: float = 3.0  # robust z-score beyond which a view flags a client
-    min_votes: int = 2  # views that must flag a client to reject it this round
-    assumed_malicious: float = 0.3  # share f/n used by the Krum score
-    reputation_decay: float = 0.6  # weight of the past in the reputation's moving average
+    min_votes: int = 2  # views that must flag a client to reject it this round (views: norm, cosine, krum, cluster)
+    assumed_malicious: float = 0.3  # share f/n used by the Krum score and the majority reference
+    reputation_decay: float = 0.6  # weight of the past in the moving averages (reputation, alignment)
     reputation_floor: float = 0.7  # below this a client stays rejected until it earns trust back (with decay
     # 0.6: a single flagged round costs nothing more; after two, a client needs two clean rounds to return)
-    clip: bool = True  # clip accepted updates to the median accepted norm
+    reference: str = "majority"  # cosine reference: "majority" (see majority_reference) or "median" (coordinate-wise)
+    krum_on_directions: bool = True  # Krum score over unit vectors (direction only; the norm view sees size)
+    log_norm: bool = True  # norm view on log norms (honest norms spread multiplicatively with data size); a
+    # log-norm z-score beyond 2 x z_threshold rejects on its own (scaling, boosted model replacement)
+    duplicate_cosine: float = 0.9999  # this close in direction to another client's update: a colluder's copy (honest
+    # non-IID clients here: at most 0.974; ALIE and IPM copies: 1.0)
+    alignment_memory: bool = True  # reject clients whose cosine to the reference averages below a floor
+    alignment_prior: float = 0.5  # the starting value of that average (a new client is given the benefit)
+    alignment_floor: float = -0.1  # honest minority clients of non-IID data dip to about 0, sign flippers below
+    clip: bool = True  # clip accepted updates to a robust bound of the accepted norms
+    clip_mads: float = 3.0  # the bound: median + clip_mads x 1.4826 x MAD of the accepted norms (0: the median,
+    # as FLAME; that halves the largest honest clients' updates)
     use_clustering: bool = True
+    min_clients: int = 5  # fewer updates than this: no statistics (only duplicates, reputation and clipping)
     # spread floors, so that near-identical benign updates do not turn tiny differences into huge z-scores
-    relative_spread_floor: float = 0.05  # of |median| for norm and krum
+    relative_spread_floor: float = 0.05  # of |median| for norm and krum (of 1 for log norms)
     cosine_spread_floor: float = 0.05
 
     def __post_init__(self) -> None:
@@ -49,6 +76,10 @@ class ScreeningConfig:
             raise ValueError(f"min_votes must be in 1..4, got {self.min_votes}")
         if not 0.0 <= self.assumed_malicious < 0.5:
             raise ValueError(f"assumed_malicious must be in [0, 0.5), got {self.assumed_malicious}")
+        if self.min_clients < 3:
+            raise ValueError(f"min_clients must be >= 3, got {self.min_clients}")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}, got {self.reference!r}")
         if not 0.0 <= self.reputation_decay < 1.0:
             raise ValueError(f"reputation_decay must be in [0, 1), got {self.reputation_decay}")
 
@@ -83,6 +114,39 @@ def cosine_to(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (vectors @ reference) / np.maximum(norms, 1e-12)
 
 
+def majority_reference(vectors: np.ndarray, assumed_malicious: float, iterations: int = 2) -> np.ndarray:
+    """The mean direction (mean of unit vectors) of the (1 - assumed_malicious) share of updates best aligned with
+    the reference, refined from the coordinate-wise median ``iterations`` times.
+
+    With non-IID clients the coordinate-wise median points away from the mean of the honest updates (on
+    UNSW-NB15 with 20 Dirichlet-0.5 clients some honest updates have cosine below 0 to it, while their cosine
+    to the honest mean is about 0.5); the mean of the best-aligned majority follows the honest mean, and a
+    minority of attackers cannot enter that majority without pointing where the honest clients point."""
+    reference = np.median(vectors, axis=0)
+    unit = unit_rows(vectors)
+    keep = max(int(np.ceil((1.0 - assumed_malicious) * len(vectors))), 1)
+    for _ in range(iterations):
+        aligned = np.argsort(-cosine_to(vectors, reference), kind="stable")[:keep]
+        reference = unit[aligned].mean(axis=0)  # one vote per client: large (or scaled) updates do not dominate
+    return reference
+
+
+def nearest_twins(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of, cosine to) each vector's most similar other vector. Colluding attacks (ALIE, IPM, min-max,
+    min-sum) have every attacker send the same crafted update; honest clients with their own data and seeds
+    never send copies (the FoolsGold observation: Fung et al., "The Limitations of Federated Learning in Sybil
+    Settings", RAID 2020)."""
+    unit = unit_rows(vectors)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    twins = np.argmax(similarity, axis=1)
+    return twins, similarity[np.arange(len(vectors)), twins]
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
 def krum_scores(vectors: np.ndarray, n_malicious: int) -> np.ndarray:
     """Krum's score of each vector: the sum of squared distances to its n - f - 2 nearest others."""
     n = len(vectors)
@@ -106,7 +170,7 @@ def majority_cluster(vectors: np.ndarray, min_epsilon: float = 0.0) -> np.ndarra
         return np.ones(n, dtype=bool)
     from sklearn.cluster import HDBSCAN
 
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(vectors)
     distances = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
     np.fill_diagonal(distances, 0.0)
     typical = float(np.median(np.sort(distances, axis=1)[:, n // 2]))
@@ -124,25 +188,36 @@ def view_scores(deltas: np.ndarray, config: ScreeningConfig) -> dict[str, np.nda
     n = len(deltas)
     scores = {
         "norm": np.linalg.norm(deltas, axis=1),
-        "cosine": cosine_to(deltas, np.median(deltas, axis=0)),
-        "krum": krum_scores(deltas, int(config.assumed_malicious * n)),
+        "cosine": cosine_to(deltas, np.median(deltas, axis=0) if config.reference == "median"
+                            else majority_reference(deltas, config.assumed_malicious)),
+        "krum": krum_scores(unit_rows(deltas) if config.krum_on_directions else deltas,
+                            int(config.assumed_malicious * n)),
     }
     if config.use_clustering:
         scores["cluster"] = majority_cluster(deltas, config.cosine_spread_floor).astype(np.float64)
     return scores
 
 
-def view_flags(scores: dict[str, np.ndarray], config: ScreeningConfig) -> dict[str, np.ndarray]:
-    """Per view, True where a client is an outlier in the view's bad direction."""
-    k = config.z_threshold
-    flags = {
-        "norm": robust_z(scores["norm"], config.relative_spread_floor * float(np.median(scores["norm"]))) > k,
-        "cosine": robust_z(scores["cosine"], config.cosine_spread_floor) < -k,
-        "krum": robust_z(scores["krum"], config.relative_spread_floor * float(np.median(scores["krum"]))) > k,
+def view_badness(scores: dict[str, np.ndarray], config: ScreeningConfig) -> dict[str, np.ndarray]:
+    """Per view, each client's robust z-score in the view's bad direction (0 or below: unremarkable).
+
+    The norm view is scored on log norms when ``log_norm``: honest norms spread multiplicatively with the
+    clients' data sizes. The cluster view has no z-score: outside the majority cluster scores ``z_threshold``."""
+    norms = np.log(np.maximum(scores["norm"], 1e-12)) if config.log_norm else scores["norm"]
+    norm_floor = config.relative_spread_floor * (1.0 if config.log_norm else float(np.median(norms)))
+    badness = {
+        "norm": robust_z(norms, norm_floor),
+        "cosine": -robust_z(scores["cosine"], config.cosine_spread_floor),
+        "krum": robust_z(scores["krum"], config.relative_spread_floor * float(np.median(scores["krum"]))),
     }
     if "cluster" in scores:
-        flags["cluster"] = scores["cluster"] < 0.5
-    return flags
+        badness["cluster"] = np.where(scores["cluster"] < 0.5, config.z_threshold, 0.0)
+    return badness
+
+
+def view_flags(scores: dict[str, np.ndarray], config: ScreeningConfig) -> dict[str, np.ndarray]:
+    """Per view, True where a client is an outlier in the view's bad direction."""
+    return {view: bad >= config.z_threshold for view, bad in view_badness(scores, config).items()}
 
 
 class UpdateScreen:
@@ -151,31 +226,51 @@ class UpdateScreen:
     def __init__(self, config: ScreeningConfig | None = None) -> None:
         self.config = config or ScreeningConfig()
         self.reputation: dict[int, float] = {}
+        self.alignment: dict[int, float] = {}
+
+    def _align(self, client: int, cosine: float) -> float:
+        """The client's moving average of its cosine to the round's reference (same decay as the reputation)."""
+        decay = self.config.reputation_decay
+        value = decay * self.alignment.get(client, self.config.alignment_prior) + (1 - decay) * cosine
+        self.alignment[client] = value
+        return value
 
     def screen(self, clients: list[int], deltas: np.ndarray) -> tuple[list[Decision], np.ndarray]:
         """Decisions for ``clients`` (ids, in the rows' order) and the clipped deltas of the accepted ones.
 
         Returns (decisions in input order, array (n_accepted, d) of clipped accepted deltas in input order).
-        With fewer than 3 updates no statistics are possible: all are accepted (and clipped) unless a
-        reputation says otherwise.
+        With fewer than ``min_clients`` updates no statistics are meaningful: all are accepted (and clipped)
+        unless a reputation or a duplicate says otherwise.
         """
         config = self.config
         deltas = np.asarray(deltas, dtype=np.float64)
         n = len(clients)
         if deltas.shape[0] != n:
             raise ValueError(f"{n} clients but {deltas.shape[0]} updates")
-        scores = view_scores(deltas, config) if n >= 3 else {"norm": np.linalg.norm(deltas, axis=1)}
-        flags = view_flags(scores, config) if n >= 3 else {}
+        enough = n >= config.min_clients
+        scores = view_scores(deltas, config) if enough else {"norm": np.linalg.norm(deltas, axis=1)}
+        twins, similarity = nearest_twins(deltas) if n >= 2 else (np.zeros(n, dtype=int), np.full(n, -1.0))
+        scores["similarity"] = similarity
+        badness = view_badness(scores, config) if enough else {}
         decisions = []
         for i, client in enumerate(clients):
-            flagged = [view for view, mask in flags.items() if mask[i]]
-            clean_round = len(flagged) < config.min_votes
+            mine = {view: float(bad[i]) for view, bad in badness.items()}
+            flagged = [view for view, bad in mine.items() if bad >= config.z_threshold]
+            extreme_norm = mine.get("norm", 0.0) >= 2 * config.z_threshold and config.log_norm
+            clean_round = len(flagged) < config.min_votes and not extreme_norm
             previous = self.reputation.get(client, 1.0)
             reputation = config.reputation_decay * previous + (1 - config.reputation_decay) * float(clean_round)
             self.reputation[client] = reputation
             rejections = []
             if not clean_round:
-                rejections.append("outlier in " + ", ".join(flagged))
+                rejections.append(("extreme norm; " if extreme_norm else "") + "outlier in " + ", ".join(flagged))
+            if similarity[i] >= config.duplicate_cosine:
+                rejections.append(f"near-duplicate of client {clients[int(twins[i])]} "
+                                  f"(cosine {scores['similarity'][i]:.4f})")  # fmt: skip
+            if config.alignment_memory and "cosine" in scores:
+                alignment = self._align(client, float(scores["cosine"][i]))
+                if alignment < config.alignment_floor:
+                    rejections.append(f"points against the majority on average over rounds ({alignment:+.2f})")
             if reputation < config.reputation_floor:
                 rejections.append(f"reputation {reputation:.2f} < {config.reputation_floor}")
             notes = list(rejections)
@@ -188,7 +283,8 @@ class UpdateScreen:
         kept = deltas[accepted]
         if config.clip and len(kept):
             norms = np.linalg.norm(kept, axis=1)
-            bound = float(np.median(norms))
+            median = float(np.median(norms))
+            bound = median + config.clip_mads * MAD_SCALE * float(np.median(np.abs(norms - median)))
             factors = np.minimum(1.0, bound / np.maximum(norms, 1e-12))
             kept = kept * factors[:, None]
             for decision, factor in zip([d for d in decisions if d.accepted], factors):

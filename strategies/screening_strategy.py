@@ -9,14 +9,18 @@
 3. hands the accepted, clipped updates (as global + clipped delta) to ``inner.aggregate_train``.
 
 If every update is rejected the previous global model stands (Flower keeps it when arrays are None).
-Every decision is kept in ``decisions[round]`` for the run outputs.
+Every decision is kept in ``decisions[round]`` for the run outputs. With ``updates_dir`` set, every round's
+update vectors are also written there (``round_NNN.npz``: clients, deltas, accepted) for offline forensics.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -35,6 +39,7 @@ class ScreeningStrategy(Strategy):
         self.inner = inner
         self.screen = UpdateScreen(config)
         self.decisions: dict[int, list[dict]] = {}
+        self.updates_dir: Path | None = None
         self._global: dict[str, np.ndarray] = {}
 
     def __getattr__(self, name: str) -> Any:  # sampled, client_train, node_ranks ... live on the inner strategy
@@ -68,6 +73,8 @@ class ScreeningStrategy(Strategy):
         if batch.replies:
             screened, kept = self.screen.screen(batch.clients, batch.deltas)
             decisions.extend(screened)
+            if self.updates_dir is not None:
+                self._save_updates(server_round, batch.clients, batch.deltas, [d.accepted for d in screened])
             good = [reply for reply, decision in zip(batch.replies, screened) if decision.accepted]
             for reply, delta in zip(good, kept):
                 accepted_replies.append(with_weights(reply, unflatten(batch.base + delta, self._global, batch.names)))
@@ -86,3 +93,9 @@ class ScreeningStrategy(Strategy):
         if record:  # keep every reply's metrics, not only the accepted ones'
             self.inner.client_train[server_round] = record(replies)
         return result
+
+    def _save_updates(self, server_round: int, clients: list[int], deltas: np.ndarray, accepted: list[bool]) -> None:
+        assert self.updates_dir is not None
+        self.updates_dir.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(self.updates_dir / f"round_{server_round:03d}.npz", clients=np.asarray(clients),
+                            deltas=np.asarray(deltas, dtype=np.float32), accepted=np.asarray(accepted))  # fmt: skip

@@ -52,7 +52,8 @@ def test_benign_rounds_reject_nobody():
 
 def test_reputation_keeps_a_repeat_offender_out_for_a_round_after_it_behaves():
     rng = np.random.default_rng(1)
-    screen = UpdateScreen(ScreeningConfig(reputation_decay=0.6, reputation_floor=0.5))
+    isolated = {"alignment_memory": False}  # the reputation alone (the alignment average has its own test)
+    screen = UpdateScreen(ScreeningConfig(reputation_decay=0.6, reputation_floor=0.5, **isolated))
     for _ in range(2):  # two bad rounds: reputation 0.6 then 0.36
         updates, _ = benign_updates(10, rng)
         updates[9] *= -1
@@ -61,7 +62,7 @@ def test_reputation_keeps_a_repeat_offender_out_for_a_round_after_it_behaves():
     decisions, _ = screen.screen(list(range(10)), benign_updates(10, rng)[0])
     assert decisions[9].reputation == pytest.approx(0.6 * 0.36 + 0.4)  # 0.616: trusted again this round
     assert decisions[9].accepted
-    screen = UpdateScreen(ScreeningConfig(reputation_decay=0.8, reputation_floor=0.5))
+    screen = UpdateScreen(ScreeningConfig(reputation_decay=0.8, reputation_floor=0.5, **isolated))
     for _ in range(5):  # reputation 0.8 ** 5 = 0.33
         updates, _ = benign_updates(10, rng)
         updates[9] *= -1
@@ -71,13 +72,63 @@ def test_reputation_keeps_a_repeat_offender_out_for_a_round_after_it_behaves():
     assert not decisions[9].accepted and "reputation" in decisions[9].reasons[0]
 
 
-def test_accepted_updates_are_clipped_to_the_median_accepted_norm():
+def test_accepted_updates_are_clipped_to_the_median_accepted_norm_when_asked():
     rng = np.random.default_rng(2)
     updates, _ = benign_updates(10, rng)
-    decisions, kept = UpdateScreen().screen(list(range(10)), updates)
+    decisions, kept = UpdateScreen(ScreeningConfig(clip_mads=0.0)).screen(list(range(10)), updates)
     bound = np.median(np.linalg.norm(updates, axis=1))
     assert np.all(np.linalg.norm(kept, axis=1) <= bound * (1 + 1e-9))
     assert sum(d.clip_factor < 1 for d in decisions) >= 4
+
+
+def test_the_default_bound_clips_only_unusually_large_accepted_updates():
+    rng = np.random.default_rng(2)
+    updates, _ = benign_updates(10, rng)
+    updates[0] *= 2.0  # a large honest client: same direction, twice the norm (one vote: accepted, clipped)
+    decisions, kept = UpdateScreen().screen(list(range(10)), updates)
+    assert all(d.accepted for d in decisions)
+    norms = np.linalg.norm(updates, axis=1)
+    median = np.median(norms)
+    bound = median + 3 * 1.4826 * np.median(np.abs(norms - median))
+    assert decisions[0].clip_factor == pytest.approx(bound / norms[0])
+    assert all(d.clip_factor == 1.0 for d in decisions[1:])
+
+
+def test_colluders_sending_one_crafted_update_are_rejected_as_copies():
+    rng = np.random.default_rng(3)
+    updates, direction = benign_updates(20, rng, spread=1.0)
+    crafted = updates[:16].mean(axis=0) - 0.5 * updates[:16].std(axis=0)  # ALIE-like: inside the benign spread
+    updates[16:] = crafted
+    decisions, _ = UpdateScreen().screen(list(range(20)), updates)
+    rejected = {d.client: d.reasons for d in decisions if not d.accepted}
+    assert set(rejected) == {16, 17, 18, 19}
+    assert all(any("near-duplicate" in r for r in reasons) for reasons in rejected.values())
+
+
+def test_a_client_that_keeps_pointing_against_the_majority_is_caught_by_its_average_alignment():
+    """Non-IID: one round's cosine is too noisy to convict, but the moving average of a mild, persistent
+    sign flipper (a fraction of its honest update reversed) falls below the floor within a few rounds."""
+    rng = np.random.default_rng(4)
+    screen = UpdateScreen()
+    caught_in = None
+    for round_ in range(1, 9):
+        updates, _ = benign_updates(20, rng, spread=3.0)  # heterogeneous honest clients (cosine ~0.3 to each other)
+        updates[19] = -updates[19]
+        decisions, _ = screen.screen(list(range(20)), updates)
+        assert all(d.accepted for d in decisions[:19]), [(d.client, d.reasons) for d in decisions[:19] if not d.accepted]
+        if not decisions[19].accepted and caught_in is None:
+            caught_in = round_
+    assert caught_in is not None and caught_in <= 4
+    assert screen.alignment[19] < -0.1 < min(screen.alignment[c] for c in range(19))
+
+
+def test_fewer_updates_than_min_clients_skip_the_statistics():
+    rng = np.random.default_rng(5)
+    updates, _ = benign_updates(4, rng)
+    updates[3] *= -1
+    decisions, kept = UpdateScreen().screen(list(range(4)), updates)
+    assert all(d.accepted for d in decisions) and len(kept) == 4
+    assert all(set(d.scores) == {"norm", "similarity"} for d in decisions)
 
 
 def test_robust_z_ignores_the_outliers_it_measures():

@@ -1,0 +1,102 @@
+"""Replay recorded rounds through the screening, offline, in seconds (issue 4: choosing the screening's settings).
+
+A run with ``simulation.save_updates=true`` and the screening strategy keeps every round's update vectors in
+``<run dir>/updates/round_NNN.npz``; its ``metrics.json`` names the malicious partitions. This script feeds those
+rounds, in order, to a fresh :class:`strategies.screening.UpdateScreen` with the default settings or with
+``--set key=value`` changes, and prints per run the screening's precision and recall at catching the attackers
+and the honest clients it excluded per round. No training happens, so settings can be compared side by side on
+the same updates:
+
+    python -m simulation strategy=screening simulation.save_updates=true attack=sign_flip \\
+        partition.n_clients=20 simulation.local_epochs=1 simulation.num_rounds=6 hydra.run.dir=runs/sign_flip
+    python benchmarks/screening_replay.py runs/* --set min_votes=3 --set alignment_memory=false
+
+The updates were produced under the screening that ran at the time; a replay with other settings sees the same
+updates, not the ones its own decisions would have led to (later rounds depend on earlier aggregates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from strategies.screening import ScreeningConfig, UpdateScreen
+
+
+@dataclass
+class ReplayResult:
+    run: str
+    rounds: int
+    attackers: int
+    precision: float
+    recall: float
+    honest_excluded_per_round: float
+
+
+def replay(run_dir: Path, config: ScreeningConfig) -> ReplayResult:
+    """Screen every recorded round of ``run_dir`` in order; count verdicts against the known attackers."""
+    rounds = sorted((run_dir / "updates").glob("round_*.npz"))
+    if not rounds:
+        raise FileNotFoundError(f"{run_dir}: no updates/round_*.npz (run it with simulation.save_updates=true)")
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no metrics.json (the run did not finish)")
+    malicious = set(json.loads(metrics_path.read_text()).get("attack", {}).get("malicious_partitions", []))
+    screen = UpdateScreen(config)
+    caught = missed = wrongly = 0
+    for path in rounds:
+        with np.load(path) as recorded:
+            clients = [int(c) for c in recorded["clients"]]
+            decisions, _ = screen.screen(clients, recorded["deltas"].astype(np.float64))
+        rejected = {d.client for d in decisions if not d.accepted}
+        sampled_malicious = malicious & set(clients)
+        caught += len(rejected & sampled_malicious)
+        missed += len(sampled_malicious - rejected)
+        wrongly += len(rejected - malicious)
+    precision = caught / (caught + wrongly) if caught + wrongly else float("nan")
+    recall = caught / (caught + missed) if caught + missed else float("nan")
+    return ReplayResult(run_dir.name, len(rounds), len(malicious), precision, recall, wrongly / len(rounds))
+
+
+def parse_settings(pairs: list[str]) -> dict:
+    """``key=value`` pairs (values parsed as YAML: numbers, true/false, strings) -> ScreeningConfig kwargs."""
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in ScreeningConfig.__dataclass_fields__:
+            raise SystemExit(f"--set {pair!r}: expected key=value with key one of "
+                             f"{', '.join(ScreeningConfig.__dataclass_fields__)}")  # fmt: skip
+        settings[key] = yaml.safe_load(value)
+    return settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path, nargs="+", help="run directories with updates/ and metrics.json")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="change one ScreeningConfig field (repeatable)")  # fmt: skip
+    args = parser.parse_args()
+    try:
+        config = ScreeningConfig(**parse_settings(args.settings))
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"--set: {err}") from None
+    print(f"{'run':24s} {'rounds':>6s} {'attackers':>9s} {'precision':>9s} {'recall':>6s} {'honest excluded/round':>21s}")
+    for run_dir in args.runs:
+        if not run_dir.is_dir():
+            continue
+        try:
+            result = replay(run_dir, config)
+        except FileNotFoundError as err:
+            print(f"skipped: {err}")
+            continue
+        print(f"{result.run:24s} {result.rounds:6d} {result.attackers:9d} {result.precision:9.2f} {result.recall:6.2f} "
+              f"{result.honest_excluded_per_round:21.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

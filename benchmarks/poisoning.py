@@ -77,6 +77,9 @@ def run_cell(attack: str, fraction: float, defence: str, args: argparse.Namespac
     cell = {"attack": attack, "fraction": fraction, "defence": defence, "f1": metrics["final"]["f1"],
             "accuracy": metrics["final"]["accuracy"], "seconds": metrics.get("seconds")}  # fmt: skip
     report = metrics.get("attack", {})
+    if attack == "none" and any("screening" in r for r in metrics["rounds"]):  # the screening's cost, no attackers
+        rejected = [sum(d["verdict"] == "reject" for d in r.get("screening", [])) for r in metrics["rounds"][1:]]
+        cell["benign_excluded_per_round"] = statistics.mean(rejected) if rejected else 0.0
     for key in ("backdoor_success", "targeted_recall", "screening_precision", "screening_recall",
                 "benign_excluded_per_round"):  # fmt: skip
         if key in report:
@@ -86,8 +89,9 @@ def run_cell(attack: str, fraction: float, defence: str, args: argparse.Namespac
 
 def run_grid(args: argparse.Namespace) -> None:
     CELLS.mkdir(parents=True, exist_ok=True)
-    todo = [("none", 0.0, d) for d in ["fedavg"]] + [(a, f, d) for a in args.attacks for f in args.fractions
-                                                      for d in args.defences]  # fmt: skip
+    attack_free = [("none", 0.0, d) for d in dict.fromkeys(["fedavg", *args.defences])]  # the baseline, then each
+    # defence's cost on a clean federation
+    todo = attack_free + [(a, f, d) for a in args.attacks for f in args.fractions for d in args.defences]
     for attack, fraction, defence in todo:
         path = CELLS / f"{cell_name(attack, fraction, defence)}.json"
         if path.is_file():
@@ -106,7 +110,7 @@ def report(cells: list[dict]) -> str:
     ok = [c for c in cells if "error" not in c]
     baseline = next((c["f1"] for c in ok if c["attack"] == "none" and c["defence"] == "fedavg"), None)
     defences = [d for d in DEFENCES if any(c["defence"] == d for c in ok)]
-    rows = sorted({(c["attack"], c["fraction"]) for c in ok if c["attack"] != "none"})
+    rows = sorted({(c["attack"], c["fraction"]) for c in ok}, key=lambda row: (row[0] != "none", row))
     lines = [f"Clean F1 (%) of the final global model; attack-free FedAvg: "
              f"{'-' if baseline is None else f'{100 * baseline:.2f}'}. Attack success in brackets "
              "(backdoor: triggered attack flows classified benign; targeted flipping: recall of DoS).", "",
@@ -126,6 +130,14 @@ def report(cells: list[dict]) -> str:
              for d in defences if any(c["defence"] == d and c["attack"] != "none" for c in ok)}  # fmt: skip
     lines += ["", "Mean clean F1 over the finished attack cells: " +
               ", ".join(f"{d} {100 * m:.2f}" for d, m in sorted(means.items(), key=lambda kv: -kv[1]))]  # fmt: skip
+    screened = [c for c in ok if c["defence"] == "screening" and "benign_excluded_per_round" in c]
+    if screened:
+        lines += ["", "The screening's verdicts: precision and recall at catching the attackers (means over the rounds), "
+                  "and honest clients excluded per round (of 20):", "",
+                  "| attack | fraction | precision | recall | honest excluded / round |", "|---|---|---|---|---|"]  # fmt: skip
+        for c in sorted(screened, key=lambda c: (c["attack"], c["fraction"])):
+            lines.append(f"| {c['attack']} | {c['fraction']:g} | {_fmt(c.get('screening_precision'))} | "
+                         f"{_fmt(c.get('screening_recall'))} | {c.get('benign_excluded_per_round', 0.0):.2f} |")  # fmt: skip
     failed = [c for c in cells if "error" in c]
     if failed:
         lines.append(f"\n{len(failed)} cell(s) failed: " + "; ".join(c["error"][:120] for c in failed[:5]))
@@ -133,6 +145,10 @@ def report(cells: list[dict]) -> str:
         heatmap(grid, rows, defences, RESULTS / "heatmap.png")
         lines += ["", "![attack x defence heatmap](benchmarks/results/poisoning/heatmap.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return "-" if value is None or value != value else f"{value:.2f}"
 
 
 def heatmap(grid: dict, rows: list[tuple], defences: list[str], path: Path) -> None:

@@ -57,7 +57,6 @@ def _honest_training(context: Context, msg: Message, X: np.ndarray, y: np.ndarra
     server_round = int(msg.content["config"].get("server-round", 0))
     model = _model(msg)
     loss = train_local(model, X, y, epochs=int(context.run_config.get("local-epochs", 1)),
-                       optimizer=str(context.run_config.get("optimizer", "adam")),
                        batch_size=int(context.run_config.get("batch-size", 64)),
                        lr=round_lr(context.run_config, server_round),
                        seed=_train_seed(context, partition_id, server_round),

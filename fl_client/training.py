@@ -32,10 +32,9 @@ def round_lr(run_config: Mapping, server_round: int) -> float:
 
 def train_local(
     model: nn.Module, X: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float, seed: int,
-    proximal_mu: float = 0.0, optimizer: str = "adam",
+    proximal_mu: float = 0.0,
 ) -> float:
-    """``optimizer`` (Adam, or SGD with momentum 0.9) + BCEWithLogitsLoss for ``epochs`` epochs; returns the mean
-    training loss of the last epoch. The optimizer's state starts afresh every round.
+    """Adam + BCEWithLogitsLoss for ``epochs`` epochs; returns the mean training loss of the last epoch.
 
     ``proximal_mu > 0`` adds FedProx's term ``mu/2 * ||w - w_global||^2`` (Li et al., MLSys 2020), with
     ``w_global`` the weights the model starts from (the broadcast global model); the loss returned includes it.
@@ -49,26 +48,12 @@ def train_local(
     y_t = torch.tensor(np.asarray(y), dtype=torch.float32).reshape(-1)
     loader = DataLoader(TensorDataset(X_t, y_t), batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
-    step = local_optimizer(optimizer, model, lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = _proximal_loss(model, proximal_mu) if proximal_mu > 0 else nn.BCEWithLogitsLoss()
     loss_mean = float("nan")
     for _ in range(epochs):
-        loss_mean = train_one_epoch(model, loader, step, loss_fn)
+        loss_mean = train_one_epoch(model, loader, optimizer, loss_fn)
     return loss_mean
-
-
-OPTIMIZERS = ("adam", "sgd")
-
-
-def local_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """The clients' optimizer: ``adam``, or ``sgd`` with momentum 0.9. With SGD the average of the clients'
-    updates follows the average gradient of their data; Adam's per-coordinate normalisation makes each client's
-    update sign-like, so the average leans toward what most clients, not most records, want."""
-    if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
 def _proximal_loss(model: nn.Module, mu: float):

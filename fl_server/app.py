@@ -119,7 +119,6 @@ def root_update_fn(run_config, state: PipelineState, arch: dict):
         model = CNNLSTM(**arch)
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()})
         train_local(model, X, y, epochs=int(run_config.get("local-epochs", 1)),
-                    optimizer=str(run_config.get("optimizer", "adam")),
                     batch_size=int(run_config.get("batch-size", 64)), lr=round_lr(run_config, calls["n"]),
                     seed=int(run_config.get("seed", 0)) * 7 + calls["n"])  # fmt: skip
         return {k: v.detach().numpy() for k, v in model.state_dict().items()}

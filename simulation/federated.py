@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from fl_client.attacks.config import AttackConfig
 from fl_client.data import partition_run_config
-from fl_client.training import OPTIMIZERS
 from flows.loader import resolve_data_dir
 from flows.partitioning import PartitionConfig, class_histogram, partition_from_config
 from flows.run_split import DataSettings, load_split
@@ -77,9 +76,6 @@ def check_config(cfg: DictConfig) -> tuple[Path, PartitionConfig, DataSettings]:
         attack_config(cfg)
     except ValueError as err:
         raise SimulationConfigError(f"attack: {err}") from None
-    if str(cfg.simulation.get("optimizer", "adam")) not in OPTIMIZERS:
-        raise SimulationConfigError(f"simulation.optimizer must be one of {', '.join(OPTIMIZERS)}, "
-                                    f"got {cfg.simulation.optimizer!r}")  # fmt: skip
     try:
         check_ray_tmp_parent(cfg.simulation.ray_tmpdir)
     except ValueError as err:
@@ -108,7 +104,6 @@ def run_config(cfg: DictConfig, out_dir: Path, settings: DataSettings, partition
         "val-fraction": float(cfg.simulation.val_fraction), "num-server-rounds": int(cfg.simulation.num_rounds),
         "local-epochs": int(cfg.simulation.local_epochs), "batch-size": int(cfg.simulation.batch_size),
         "lr": float(cfg.simulation.lr), "lr-decay": float(cfg.simulation.lr_decay),
-        "optimizer": str(cfg.simulation.get("optimizer", "adam")),
         "client-threads": int(cfg.simulation.client_threads),
         "min-nodes": partition.n_clients, "fraction-train": float(cfg.strategy.fraction_train),
         "fraction-evaluate": float(cfg.strategy.fraction_evaluate),

@@ -106,3 +106,16 @@ def test_an_all_rejected_round_keeps_the_previous_model():
     arrays, metrics = strategy.aggregate_train(1, [reply(n, nan) for n in nodes])
     assert arrays is None and metrics is None  # Flower's loop keeps the previous global arrays on None
     assert all(d["verdict"] == "reject" for d in strategy.decisions[1])
+
+
+def test_update_vectors_are_saved_for_offline_replay_when_asked(tmp_path):
+    strategy, nodes, glob, _, benign = setup()
+    strategy.updates_dir = tmp_path / "updates"
+    updates = list(benign)
+    updates[9] = {k: glob[k] - 5 * (benign[9][k] - glob[k]) for k in SHAPES}
+    strategy.aggregate_train(1, [reply(n, u) for n, u in zip(nodes, updates)])
+    with np.load(tmp_path / "updates" / "round_001.npz") as saved:
+        assert list(saved["clients"]) == list(range(10))
+        assert saved["deltas"].shape == (10, 20 * 10 + 10)
+        np.testing.assert_allclose(saved["deltas"][9][:200], (updates[9]["a"] - glob["a"]).ravel(), rtol=1e-5)
+        assert not saved["accepted"][9] and saved["accepted"][:9].all()

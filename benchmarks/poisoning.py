@@ -163,9 +163,10 @@ def heatmap(grid: dict, rows: list[tuple], defences: list[str], path: Path) -> N
     for i in range(len(rows)):
         for j in range(len(defences)):
             if not np.isnan(values[i, j]):
-                ax.text(j, i, f"{100 * values[i, j]:.0f}", ha="center", va="center", fontsize=7, color="white")
+                ax.text(j, i, f"{100 * values[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="black" if values[i, j] > 0.6 else "white")  # readable on the light end of viridis
     fig.colorbar(image, ax=ax, label="clean F1")
-    ax.set_title("final F1 under attack (UNSW-NB15, 20 clients)")
+    ax.set_title("final F1 under attack\n(UNSW-NB15, 20 clients)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

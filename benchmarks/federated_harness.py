@@ -75,6 +75,9 @@ def scale_part(clients: list[int], rounds: int, workers: int, timeout: float) ->
     return rows
 
 
+SETTINGS = ("num-server-rounds", "local-epochs", "batch-size", "lr", "lr-decay", "strategy.name")  # kept per run
+
+
 def quality_part(alphas: list[float], seeds: list[int], timeout: float, fresh: bool) -> dict:
     """Federated final F1 per (alpha, seed) and the centralized reference per seed; merged into quality.json
     after every run (nothing is lost if the benchmark stops), reusing finished entries unless ``fresh``."""
@@ -110,9 +113,6 @@ def quality_part(alphas: list[float], seeds: list[int], timeout: float, fresh: b
             path.write_text(json.dumps(runs, indent=1))
             log.info("federated alpha %s seed %d: f1 %.4f", alpha, seed, final["f1"])
     return runs
-
-
-SETTINGS = ("num-server-rounds", "local-epochs", "batch-size", "lr", "lr-decay", "strategy.name")
 
 
 def median_of(values: dict, key: str) -> float:

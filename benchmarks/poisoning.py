@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from simulation.attack_report import screening_scores
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "poisoning"
 CELLS = RESULTS / "cells"
@@ -77,9 +79,10 @@ def run_cell(attack: str, fraction: float, defence: str, args: argparse.Namespac
     cell = {"attack": attack, "fraction": fraction, "defence": defence, "f1": metrics["final"]["f1"],
             "accuracy": metrics["final"]["accuracy"], "seconds": metrics.get("seconds")}  # fmt: skip
     report = metrics.get("attack", {})
-    if attack == "none" and any("screening" in r for r in metrics["rounds"]):  # the screening's cost, no attackers
-        rejected = [sum(d["verdict"] == "reject" for d in r.get("screening", [])) for r in metrics["rounds"][1:]]
-        cell["benign_excluded_per_round"] = statistics.mean(rejected) if rejected else 0.0
+    if attack == "none":  # the screening's cost without attackers: every rejection excludes an honest client
+        per_round = screening_scores(metrics["rounds"], malicious=set())
+        if per_round:
+            cell["benign_excluded_per_round"] = statistics.mean(len(r["benign_excluded"]) for r in per_round)
     for key in ("backdoor_success", "targeted_recall", "screening_precision", "screening_recall",
                 "benign_excluded_per_round"):  # fmt: skip
         if key in report:

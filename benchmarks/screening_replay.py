@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from simulation.attack_report import screening_scores
 from strategies.screening import ScreeningConfig, UpdateScreen
 
 
@@ -48,18 +49,17 @@ def replay(run_dir: Path, config: ScreeningConfig) -> ReplayResult:
         raise FileNotFoundError(f"{run_dir}: no metrics.json (the run did not finish)")
     malicious = set(json.loads(metrics_path.read_text()).get("attack", {}).get("malicious_partitions", []))
     screen = UpdateScreen(config)
-    caught = missed = wrongly = 0
-    for path in rounds:
+    rounds_replayed = []
+    for number, path in enumerate(rounds, start=1):
         with np.load(path) as recorded:
-            clients = [int(c) for c in recorded["clients"]]
-            decisions, _ = screen.screen(clients, recorded["deltas"].astype(np.float64))
-        rejected = {d.client for d in decisions if not d.accepted}
-        sampled_malicious = malicious & set(clients)
-        caught += len(rejected & sampled_malicious)
-        missed += len(sampled_malicious - rejected)
-        wrongly += len(rejected - malicious)
+            decisions, _ = screen.screen([int(c) for c in recorded["clients"]], recorded["deltas"].astype(np.float64))
+        rounds_replayed.append({"round": number, "screening": [d.as_dict() for d in decisions]})
+    per_round = screening_scores(rounds_replayed, malicious)  # the run report's own per-round counts, pooled here
+    wrongly = sum(len(r["benign_excluded"]) for r in per_round)
+    caught = sum(r["rejected"] for r in per_round) - wrongly
+    present = sum(r["sampled_malicious"] for r in per_round)
     precision = caught / (caught + wrongly) if caught + wrongly else float("nan")
-    recall = caught / (caught + missed) if caught + missed else float("nan")
+    recall = caught / present if present else float("nan")
     return ReplayResult(run_dir.name, len(rounds), len(malicious), precision, recall, wrongly / len(rounds))
 
 

@@ -14,15 +14,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fl_client.attacks.config import AttackConfig, malicious_partitions
 from fl_client.attacks.data_attacks import DEFAULT_TRIGGER, apply_trigger
 from flows.pipeline_state import PipelineState
 from flows.run_split import DataSettings, load_split
 from flows.table import ATTACK_CAT, LABEL
-from models.cnn_lstm import CNNLSTM
-from models.training import predict_logits
 
 
 def screening_scores(rounds: list[dict], malicious: set[int]) -> list[dict]:
@@ -45,6 +42,11 @@ def screening_scores(rounds: list[dict], malicious: set[int]) -> list[dict]:
 
 def final_model_scores(checkpoint: Path, frame) -> np.ndarray:
     """Attack probabilities of the checkpoint's model on the records of ``frame``."""
+    import torch  # here, so that reading screening scores (benchmarks, replays) does not load torch
+
+    from models.cnn_lstm import CNNLSTM
+    from models.training import predict_logits
+
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     state = PipelineState.from_json(saved["pipeline_state"])
     model = CNNLSTM(**saved["model_config"])

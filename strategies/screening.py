@@ -215,11 +215,6 @@ def view_badness(scores: dict[str, np.ndarray], config: ScreeningConfig) -> dict
     return badness
 
 
-def view_flags(scores: dict[str, np.ndarray], config: ScreeningConfig) -> dict[str, np.ndarray]:
-    """Per view, True where a client is an outlier in the view's bad direction."""
-    return {view: bad >= config.z_threshold for view, bad in view_badness(scores, config).items()}
-
-
 class UpdateScreen:
     """Stateful screening across rounds (the reputations); ``screen`` is one round."""
 
@@ -266,7 +261,7 @@ class UpdateScreen:
                 rejections.append(("extreme norm; " if extreme_norm else "") + "outlier in " + ", ".join(flagged))
             if similarity[i] >= config.duplicate_cosine:
                 rejections.append(f"near-duplicate of client {clients[int(twins[i])]} "
-                                  f"(cosine {scores['similarity'][i]:.4f})")  # fmt: skip
+                                  f"(cosine {similarity[i]:.4f})")  # fmt: skip
             if config.alignment_memory and "cosine" in scores:
                 alignment = self._align(client, float(scores["cosine"][i]))
                 if alignment < config.alignment_floor:

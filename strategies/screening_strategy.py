@@ -74,7 +74,7 @@ class ScreeningStrategy(Strategy):
             screened, kept = self.screen.screen(batch.clients, batch.deltas)
             decisions.extend(screened)
             if self.updates_dir is not None:
-                self._save_updates(server_round, batch.clients, batch.deltas, [d.accepted for d in screened])
+                save_updates(self.updates_dir, server_round, batch.clients, batch.deltas, [d.accepted for d in screened])
             good = [reply for reply, decision in zip(batch.replies, screened) if decision.accepted]
             for reply, delta in zip(good, kept):
                 accepted_replies.append(with_weights(reply, unflatten(batch.base + delta, self._global, batch.names)))
@@ -94,8 +94,10 @@ class ScreeningStrategy(Strategy):
             self.inner.client_train[server_round] = record(replies)
         return result
 
-    def _save_updates(self, server_round: int, clients: list[int], deltas: np.ndarray, accepted: list[bool]) -> None:
-        assert self.updates_dir is not None
-        self.updates_dir.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(self.updates_dir / f"round_{server_round:03d}.npz", clients=np.asarray(clients),
-                            deltas=np.asarray(deltas, dtype=np.float32), accepted=np.asarray(accepted))  # fmt: skip
+
+
+def save_updates(folder: Path, server_round: int, clients: list[int], deltas: np.ndarray, accepted: list[bool]) -> None:
+    """One round's update vectors as ``folder/round_NNN.npz`` (read by benchmarks/screening_replay.py)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / f"round_{server_round:03d}.npz", clients=np.asarray(clients),
+                        deltas=np.asarray(deltas, dtype=np.float32), accepted=np.asarray(accepted))  # fmt: skip

@@ -20,10 +20,12 @@ from fl_client.data import partition_run_config
 from flows.loader import resolve_data_dir
 from flows.partitioning import PartitionConfig, class_histogram, partition_from_config
 from flows.run_split import DataSettings, load_split
+from simulation import config_resolvers
 from simulation.flower_runtime import LocalFederation, check_ray_tmp_parent
 from strategies.registry import StrategyConfigError, check_strategy
 
 log = logging.getLogger(__name__)
+config_resolvers.register()  # before any federated config is composed (the configs use ${bd.*})
 ROUND_LINE = re.compile(r"round \d+/\d+: global .*")
 MODEL_KEYS = {"conv_channels": "model.conv-channels", "lstm_hidden": "model.lstm-hidden", "dense": "model.dense",
               "dropout": "model.dropout"}  # fmt: skip

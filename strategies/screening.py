@@ -1,7 +1,7 @@
 """Screening of client updates before aggregation: the numpy core (no Flower, no torch).
 
 Each round, every client's update is the difference between the weights it returns and the broadcast global
-weights, flattened to one vector. Four views score it:
+weights, flattened to one vector. Five views score it:
 
 * ``norm``: its L2 norm, on a log scale (honest norms grow with the client's data; scaling, noise and
   model-replacement updates are large);
@@ -13,7 +13,10 @@ weights, flattened to one vector. Four views score it:
   NeurIPS 2017);
 * ``cluster``: whether it falls outside the majority cluster of an HDBSCAN over pairwise cosine distances with
   a minimum cluster size of n/2 + 1, as in FLAME (Nguyen et al., "FLAME: Taming Backdoors in Federated
-  Learning", USENIX Security 2022).
+  Learning", USENIX Security 2022);
+* ``isolation``: the cosine to its most similar other update (low: like no other client's; random noise in
+  hundreds of thousands of dimensions is near-orthogonal to everything, while an honest client, even of a
+  minority, shares its direction with the clients whose data resemble its own).
 
 A view flags a client when the client's robust z-score (distance from the median in units of 1.4826 x MAD,
 never a fixed threshold on the raw score) exceeds ``z_threshold`` in the view's bad direction. A client is
@@ -46,7 +49,8 @@ class ScreeningConfig:
     attack-free, and with 20% sign flipping, label flipping, ALIE and IPM attackers (see the README)."""
 
     z_threshold: float = 3.0  # robust z-score beyond which a view flags a client
-    min_votes: int = 2  # views that must flag a client to reject it this round (views: norm, cosine, krum, cluster)
+    min_votes: int = 2  # views that must flag a client to reject it this round (views: norm, cosine, krum, cluster,
+    # isolation)
     assumed_malicious: float = 0.3  # share f/n used by the Krum score and the majority reference
     reputation_decay: float = 0.6  # weight of the past in the moving averages (reputation, alignment)
     reputation_floor: float = 0.7  # below this a client stays rejected until it earns trust back (with decay
@@ -64,6 +68,7 @@ class ScreeningConfig:
     clip_mads: float = 3.0  # the bound: median + clip_mads x 1.4826 x MAD of the accepted norms (0: the median,
     # as FLAME; that halves the largest honest clients' updates)
     use_clustering: bool = True
+    use_isolation: bool = True
     min_clients: int = 5  # fewer updates than this: no statistics (only duplicates, reputation and clipping)
     # spread floors, so that near-identical benign updates do not turn tiny differences into huge z-scores
     relative_spread_floor: float = 0.05  # of |median| for norm and krum (of 1 for log norms)
@@ -72,8 +77,8 @@ class ScreeningConfig:
     def __post_init__(self) -> None:
         if self.z_threshold <= 0:
             raise ValueError(f"z_threshold must be > 0, got {self.z_threshold}")
-        if not 1 <= self.min_votes <= 4:
-            raise ValueError(f"min_votes must be in 1..4, got {self.min_votes}")
+        if not 1 <= self.min_votes <= 5:
+            raise ValueError(f"min_votes must be in 1..5, got {self.min_votes}")
         if not 0.0 <= self.assumed_malicious < 0.5:
             raise ValueError(f"assumed_malicious must be in [0, 0.5), got {self.assumed_malicious}")
         if self.min_clients < 3:
@@ -195,6 +200,8 @@ def view_scores(deltas: np.ndarray, config: ScreeningConfig) -> dict[str, np.nda
     }
     if config.use_clustering:
         scores["cluster"] = majority_cluster(deltas, config.cosine_spread_floor).astype(np.float64)
+    if config.use_isolation:
+        scores["isolation"] = nearest_twins(deltas)[1]
     return scores
 
 
@@ -212,6 +219,8 @@ def view_badness(scores: dict[str, np.ndarray], config: ScreeningConfig) -> dict
     }
     if "cluster" in scores:
         badness["cluster"] = np.where(scores["cluster"] < 0.5, config.z_threshold, 0.0)
+    if "isolation" in scores:
+        badness["isolation"] = -robust_z(scores["isolation"], config.cosine_spread_floor)
     return badness
 
 

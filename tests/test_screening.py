@@ -42,6 +42,23 @@ def test_planted_outliers_are_rejected_and_benign_pass(attack, n_bad):
     assert all(d.reasons for d in decisions if not d.accepted)
 
 
+def test_noise_of_honest_size_is_caught_by_isolation_not_by_its_norm():
+    """Random updates scaled to the honest norms: only their direction gives them away (like no other client's)."""
+    from strategies.screening import view_badness, view_scores
+
+    rng = np.random.default_rng(5)
+    updates, _ = benign_updates(20, rng, spread=1.5)
+    noise = rng.normal(size=(3, D))
+    updates[-3:] = noise / np.linalg.norm(noise, axis=1, keepdims=True) * np.linalg.norm(updates[:3], axis=1)[:, None]
+    config = ScreeningConfig()
+    badness = view_badness(view_scores(updates, config), config)
+    assert (badness["isolation"][-3:] >= config.z_threshold).all() and (badness["isolation"][:-3] < 1.0).all()
+    assert (badness["norm"][-3:] < config.z_threshold).all()
+    decisions, _ = UpdateScreen(config).screen(list(range(20)), updates)
+    assert {d.client for d in decisions if not d.accepted} == {17, 18, 19}
+    assert all("isolation" in d.reasons[0] for d in decisions if not d.accepted)
+
+
 def test_benign_rounds_reject_nobody():
     screen = UpdateScreen()
     rng = np.random.default_rng(0)

@@ -153,7 +153,7 @@ def test_screening_params_are_checked_like_any_strategy():
     for params, message in [({"inner": "nonsense"}, "unknown strategy 'nonsense'"),
                             ({"inner": "bulyan", "inner_params": {"num_malicious_nodes": 3}}, "4f+3"),
                             ({"zz": 1}, "accepted: inner, inner_params"),
-                            ({"min_votes": 7}, "min_votes must be in 1..4")]:  # fmt: skip
+                            ({"min_votes": 7}, "min_votes must be in 1..5")]:  # fmt: skip
         with pytest.raises(StrategyConfigError) as err:
             check_strategy("screening", params, 10, 1.0, 1.0)
         assert message in str(err.value)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,9 +37,7 @@ from simulation.attack_report import screening_scores
 from simulation.config_resolvers import cell_name
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "poisoning"
-CELLS = RESULTS / "cells"
-RUNS = RESULTS / "runs"
+RESULTS = REPO / "benchmarks" / "results" / "poisoning"  # runs/ (one folder per job), cells/, heatmap.png
 ATTACKS = ["label_flip", "targeted_label_flip", "backdoor", "sign_flip", "gaussian_noise", "scaling", "alie", "ipm",
            "min_max"]  # fmt: skip  (min_sum, the same paper's other variant, runs with --attacks min_sum)
 DEFENCES = ["fedavg", "fedmedian", "fedtrimmedavg", "krum", "fltrust", "flame", "centered_clipping", "screening"]
@@ -57,7 +56,7 @@ def sweep_command(args: argparse.Namespace) -> list[str]:
                f"strategy.assumed_malicious={ASSUMED_MALICIOUS}", "partition.n_clients=20",
                f"simulation.num_rounds={args.rounds}", "simulation.local_epochs=1",
                f"simulation.root_size={args.root_size}", f"seed={args.seed}", "simulation.skip_done=true",
-               f"hydra.sweep.dir={RUNS}",
+               f"hydra.sweep.dir={args.results / 'runs'}",
                "hydra.sweep.subdir='${bd.cell:${attack.name},${attack.fraction},${strategy.name}}'"]  # fmt: skip
     if args.subsample:
         command.append(f"simulation.subsample={args.subsample}")
@@ -89,35 +88,49 @@ def cell_from_run(run: Path) -> dict | None:
     return cell
 
 
-def collect_cells() -> int:
+def collect_cells(results: Path) -> int:
     """Write ``cells/<cell>.json`` for every finished job folder; returns how many there are."""
-    CELLS.mkdir(parents=True, exist_ok=True)
+    cells = results / "cells"
+    cells.mkdir(parents=True, exist_ok=True)
     count = 0
-    for run in sorted(RUNS.glob("*__*__*")):
+    for run in sorted((results / "runs").glob("*__*__*")):
         cell = cell_from_run(run)
         if cell is not None:
-            (CELLS / f"{run.name}.json").write_text(json.dumps(cell, indent=1))
+            (cells / f"{run.name}.json").write_text(json.dumps(cell, indent=1))
             count += 1
     return count
+
+
+def _terminate(signum: int, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_grid(args: argparse.Namespace) -> int:
     """Run the multirun (streaming its per-round lines), then collect the cells; returns its exit status."""
     command = sweep_command(args)
     log.info("sweep: %s", " ".join(command[1:]))
+    signal.signal(signal.SIGTERM, _terminate)
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as sweep:
-        for line in sweep.stdout:  # type: ignore[union-attr]
-            if not line.startswith("[20"):  # Hydra's timestamped log lines stay in each job's __main__.log
+        try:
+            for line in sweep.stdout:  # type: ignore[union-attr]
+                if not line.startswith("[20"):  # Hydra's timestamped log lines stay in each job's __main__.log
+                    print(line, end="", flush=True)
+        except KeyboardInterrupt:  # stop the sweep too (it stops its federation), then report what finished
+            sweep.send_signal(signal.SIGTERM)
+            for line in sweep.stdout:  # type: ignore[union-attr]  # its last words; also keeps its pipe open
                 print(line, end="", flush=True)
-    log.info("sweep exit status %d; %d finished cells", sweep.returncode, collect_cells())
+            sweep.wait()
+            log.info("interrupted; %d finished cells so far (run again to resume)", collect_cells(args.results))
+            raise SystemExit(130) from None
+    log.info("sweep exit status %d; %d finished cells", sweep.returncode, collect_cells(args.results))
     return sweep.returncode
 
 
-def load_cells() -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
+def load_cells(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((results / "cells").glob("*.json"))]
 
 
-def report(cells: list[dict]) -> str:
+def report(cells: list[dict], results: Path) -> str:
     """Markdown table (and heatmap PNG) of the finished cells."""
     ok = [c for c in cells if "error" not in c]
     baseline = next((c["f1"] for c in ok if c["attack"] == "none" and c["defence"] == "fedavg"), None)
@@ -154,9 +167,13 @@ def report(cells: list[dict]) -> str:
     if failed:
         lines.append(f"\n{len(failed)} cell(s) failed: " + "; ".join(c["error"][:120] for c in failed[:5]))
     if ok and rows:
-        heatmap(grid, rows, defences, RESULTS / "heatmap.png")
-        lines += ["", "![attack x defence heatmap](benchmarks/results/poisoning/heatmap.png)"]
+        heatmap(grid, rows, defences, results / "heatmap.png")
+        lines += ["", f"![attack x defence heatmap]({_relative(results / 'heatmap.png')})"]
     return "\n".join(lines) + "\n"
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def _fmt(value) -> str:
@@ -201,15 +218,19 @@ def main() -> None:
     parser.add_argument("--root-size", type=int, default=200)
     parser.add_argument("--subsample", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="folder of runs/, cells/ and the heatmap; README.md is updated only for the default")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
+    args.results = args.results.resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     status = 0 if args.report_only else run_grid(args)
-    block = report(load_cells())
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "results.md").write_text(block)
+    block = report(load_cells(args.results), args.results)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "results.md").write_text(block)
     print(block)
-    update_readme(block)
+    if args.results == RESULTS:
+        update_readme(block)
     raise SystemExit(status)
 
 

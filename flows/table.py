@@ -17,11 +17,17 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-LABEL = "label"
-ATTACK_CAT = "attack_cat"
-SRC_IP, DST_IP, SRC_PORT, DST_PORT, START_TIME = "src_ip", "dst_ip", "src_port", "dst_port", "start_time"
-META_COLUMNS = (LABEL, ATTACK_CAT, SRC_IP, DST_IP, SRC_PORT, DST_PORT, START_TIME)
-BENIGN_FAMILY = "Normal"
+from flows.schema import (  # noqa: F401  (re-exported: the readers and consumers import them from here)
+    ATTACK_CAT,
+    BENIGN_FAMILY,
+    DST_IP,
+    DST_PORT,
+    LABEL,
+    META_COLUMNS,
+    SRC_IP,
+    SRC_PORT,
+    START_TIME,
+)
 
 
 @dataclass

@@ -24,17 +24,14 @@ from flows.readers.records import (
     require_columns,
     to_numeric_columns,
 )
+from flows.schema import IOT23_CATEGORICAL as CATEGORICAL
+from flows.schema import IOT23_META as META
+from flows.schema import IOT23_NUMERIC as NUMERIC
+from flows.schema import IOT23_UNSET_AS_ZERO as UNSET_AS_ZERO
 from flows.table import ATTACK_CAT, DST_IP, DST_PORT, LABEL, SRC_IP, SRC_PORT, START_TIME, FlowTable
 
 log = logging.getLogger(__name__)
 
-NUMERIC = [
-    "duration", "orig_bytes", "resp_bytes", "missed_bytes", "orig_pkts", "orig_ip_bytes", "resp_pkts",
-    "resp_ip_bytes",
-]  # fmt: skip
-CATEGORICAL = ["proto", "service", "conn_state", "history"]
-UNSET_AS_ZERO = ["duration", "orig_bytes", "resp_bytes"]
-META = {"ts": START_TIME, "id.orig_h": SRC_IP, "id.orig_p": SRC_PORT, "id.resp_h": DST_IP, "id.resp_p": DST_PORT}
 LABEL_FIELD, FAMILY_FIELD = "label", "detailed-label"
 LABELS = {"benign": 0, "malicious": 1}
 WHITESPACE = re.compile(r"[ \t]+")

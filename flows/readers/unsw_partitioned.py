@@ -21,6 +21,7 @@ from flows.readers.records import (
     split_csv,
     to_numeric_columns,
 )
+from flows.schema import header_columns
 from flows.table import ATTACK_CAT, LABEL, FlowTable
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,6 @@ def normalise_family(value: str) -> str:
     """Attack family with stray spaces removed and UNSW's spelling variants merged."""
     stripped = value.strip()
     return FAMILY_ALIASES.get(stripped.lower(), stripped)
-
-
-def header_columns(first_line: str) -> list[str]:
-    """Column names of a header line, lower-cased and stripped."""
-    return [c.strip().lower() for c in first_line.split(",")]
 
 
 def looks_partitioned(path: str | Path) -> bool:

@@ -24,34 +24,16 @@ from flows.readers.records import (
     to_numeric_columns,
 )
 from flows.readers.unsw_partitioned import normalise_family, parse_binary_labels
+from flows.schema import UNSW_BLANK_AS_ZERO as BLANK_AS_ZERO
+from flows.schema import UNSW_RAW_PUBLISHED_NAMES as PUBLISHED_NAMES  # when NUSW-NB15_features.csv is absent
+from flows.schema import unsw_canonical_name as canonical_name
 from flows.table import ATTACK_CAT, DST_IP, DST_PORT, LABEL, SRC_IP, SRC_PORT, START_TIME, FlowTable
 
 log = logging.getLogger(__name__)
 
 FEATURES_FILE = "NUSW-NB15_features.csv"
-# The 49 names as published in NUSW-NB15_features.csv, used when that file is not next to the data.
-PUBLISHED_NAMES = [
-    "srcip", "sport", "dstip", "dsport", "proto", "state", "dur", "sbytes", "dbytes", "sttl", "dttl", "sloss",
-    "dloss", "service", "Sload", "Dload", "Spkts", "Dpkts", "swin", "dwin", "stcpb", "dtcpb", "smeansz",
-    "dmeansz", "trans_depth", "res_bdy_len", "Sjit", "Djit", "Stime", "Ltime", "Sintpkt", "Dintpkt", "tcprtt",
-    "synack", "ackdat", "is_sm_ips_ports", "ct_state_ttl", "ct_flw_http_mthd", "is_ftp_login", "ct_ftp_cmd",
-    "ct_srv_src", "ct_srv_dst", "ct_dst_ltm", "ct_src_ ltm", "ct_src_dport_ltm", "ct_dst_sport_ltm",
-    "ct_dst_src_ltm", "attack_cat", "Label",
-]  # fmt: skip
-RENAME = {
-    "srcip": SRC_IP, "sport": SRC_PORT, "dstip": DST_IP, "dsport": DST_PORT, "stime": START_TIME,
-    "smeansz": "smean", "dmeansz": "dmean", "res_bdy_len": "response_body_len", "sintpkt": "sinpkt",
-    "dintpkt": "dinpkt",
-}  # fmt: skip
 CATEGORICAL = ["proto", "state", "service"]
-BLANK_AS_ZERO = ["ct_flw_http_mthd", "is_ftp_login", "ct_ftp_cmd"]
 NOT_FEATURES = {SRC_IP, SRC_PORT, DST_IP, DST_PORT, START_TIME, "ltime", ATTACK_CAT, LABEL}
-
-
-def canonical_name(published: str) -> str:
-    """Map a published raw column name to the flow table's name (``ct_src_ ltm`` -> ``ct_src_ltm``)."""
-    name = published.replace(" ", "").strip().lower()
-    return RENAME.get(name, name)
 
 
 def read_feature_names(path: str | Path) -> list[str]:

@@ -1,0 +1,127 @@
+"""A model bundle: a folder with the .tflite models and ``manifest.json``; written by the exporter, verified by
+the gateway before anything is loaded. Standard library and numpy only (the gateway imports it).
+
+``manifest.json``::
+
+    {"bundle_schema": 1, "model_version": "...", "created": "...", "source": {...},
+     "features": {"input_columns": [...], "encoded": [...], "n_features": 196},
+     "pipeline": {<flows.pipeline_state.PipelineState as a dict>}, "threshold": 0.5,
+     "models": {"fp32_b1": {"file": "model_fp32_b1.tflite", "variant": "fp32", "batch_size": 1, ...},
+                "int8_b256": {...}, ...},
+     "default_model": "int8", "batch_sizes": [1, 256], "pruning": {...}, "metrics": {...},
+     "files": {"model_fp32_b1.tflite": "<sha256>", ...}}
+
+Every file a bundle names is checked against its sha256 on load; a bundle whose schema this code does not know,
+or whose pipeline does not match its declared features, is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from flows.pipeline_state import PipelineState, PipelineStateError
+
+BUNDLE_SCHEMA = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(ValueError):
+    """A bundle the gateway refuses: missing files, a hash mismatch, an unknown schema, inconsistent features."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(bundle_dir: Path, manifest: dict) -> Path:
+    """Write ``manifest.json`` with the sha256 of every model file the manifest names."""
+    bundle_dir = Path(bundle_dir)
+    names = sorted({entry["file"] for entry in manifest["models"].values()})
+    manifest = {**manifest, "bundle_schema": BUNDLE_SCHEMA,
+                "files": {name: sha256_of(bundle_dir / name) for name in names}}  # fmt: skip
+    path = bundle_dir / MANIFEST
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: its folder, manifest and pipeline."""
+
+    path: Path
+    manifest: dict
+    pipeline: PipelineState
+
+    @property
+    def model_version(self) -> str:
+        return str(self.manifest["model_version"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["threshold"])
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return sorted(int(b) for b in self.manifest["batch_sizes"])
+
+    def model_file(self, variant: str | None = None, batch_size: int | None = None) -> Path:
+        """The .tflite file of ``variant`` (``fp32`` or ``int8``; default: the manifest's default_model) for
+        ``batch_size`` (default: the smallest exported)."""
+        variant = variant or self.manifest["default_model"]
+        batch_size = self.batch_sizes[0] if batch_size is None else int(batch_size)
+        key = f"{variant}_b{batch_size}"
+        models = self.manifest["models"]
+        if key not in models:
+            raise BundleError(f"bundle {self.path} has no {variant} model for batch {batch_size} "
+                              f"(it has {', '.join(sorted(models))})")  # fmt: skip
+        return self.path / models[key]["file"]
+
+
+def load_bundle(bundle_dir: str | Path) -> Bundle:
+    """Read and verify a bundle; raises :class:`BundleError` with the reason."""
+    bundle_dir = Path(bundle_dir)
+    manifest_path = bundle_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{bundle_dir} is not a model bundle: no {MANIFEST}")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{manifest_path}: not valid JSON ({err})") from None
+    schema = manifest.get("bundle_schema")
+    if schema != BUNDLE_SCHEMA:
+        raise BundleError(f"{manifest_path}: bundle schema {schema!r} is not supported (this gateway reads "
+                          f"{BUNDLE_SCHEMA}); export the bundle again with a matching version")  # fmt: skip
+    missing = [k for k in ("model_version", "features", "pipeline", "threshold", "models", "default_model",
+                           "batch_sizes", "files") if k not in manifest]  # fmt: skip
+    if missing:
+        raise BundleError(f"{manifest_path}: missing field(s) {', '.join(missing)}")
+    for entry in manifest["models"].values():
+        if entry["file"] not in manifest["files"]:
+            raise BundleError(f"{manifest_path}: model file {entry['file']} has no sha256 in 'files'")
+    for name, expected in manifest["files"].items():
+        path = bundle_dir / name
+        if Path(name).name != name:
+            raise BundleError(f"{manifest_path}: file name {name!r} must not contain a path")
+        if not path.is_file():
+            raise BundleError(f"{bundle_dir}: file {name} named in the manifest is missing")
+        actual = sha256_of(path)
+        if actual != expected:
+            raise BundleError(f"{path}: sha256 {actual[:16]}... does not match the manifest's {expected[:16]}...; "
+                              "the file was changed or damaged after export")  # fmt: skip
+    try:
+        pipeline = PipelineState.from_dict(manifest["pipeline"])
+    except (PipelineStateError, TypeError) as err:
+        raise BundleError(f"{manifest_path}: pipeline: {err}") from None
+    features = manifest["features"]
+    if list(features.get("encoded", [])) != pipeline.output_names:
+        raise BundleError(f"{manifest_path}: the declared encoded features differ from what the pipeline produces")
+    if list(features.get("input_columns", [])) != pipeline.input_columns:
+        raise BundleError(f"{manifest_path}: the declared input columns differ from what the pipeline reads")
+    return Bundle(path=bundle_dir, manifest=manifest, pipeline=pipeline)

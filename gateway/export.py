@@ -1,0 +1,239 @@
+"""Checkpoint -> model bundle (torch side; the ``export`` extra): optional pruning, LiteRT conversion, int8.
+
+A checkpoint is what a run writes (``final.pt`` / ``best.pt``: state_dict, model_config, pipeline_state, round).
+The bundle holds, per batch size, the fp32 .tflite converted by litert-torch and the int8 .tflite made from it by
+ai-edge-quantizer, plus ``manifest.json`` (:mod:`gateway.bundle`). Converted models have a fixed batch size:
+litert-torch rejects a dynamic batch dimension for this model and the interpreter cannot resize the unrolled
+LSTM afterwards (both tried with litert-torch 0.10 / ai-edge-litert 2.3), so the runtime picks the model of the
+right batch size.
+
+* pruning: global L1 magnitude pruning (``torch.nn.utils.prune.global_unstructured``) of the conv, LSTM and
+  linear weights to ``sparsity``, made permanent before conversion;
+* int8 ``dynamic`` (default): int8 weights, float activations (``recipe.dynamic_wi8_afp32``);
+* int8 ``static``: int8 weights and activations calibrated on representative encoded rows
+  (``recipe.static_wi8_ai8``); its input and output are int8, quantized with the tensors' scale and zero point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from flows.pipeline_state import PipelineState
+from gateway.bundle import write_manifest
+from models.cnn_lstm import CNNLSTM
+
+log = logging.getLogger(__name__)
+QUANTIZATIONS = ("dynamic", "static")
+
+
+class ExportError(ValueError):
+    """A checkpoint or an option the exporter cannot use."""
+
+
+@dataclass
+class ExportOptions:
+    batch_sizes: tuple[int, ...] = (1, 256)
+    quantization: str = "dynamic"
+    sparsity: float = 0.0  # share of the weights set to zero before conversion (0: no pruning)
+    default_model: str = "int8"
+
+    def __post_init__(self) -> None:
+        if self.quantization not in QUANTIZATIONS:
+            raise ExportError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ExportError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
+            raise ExportError(f"batch sizes must be positive integers, got {self.batch_sizes}")
+        if self.default_model not in ("fp32", "int8"):
+            raise ExportError(f"default_model must be fp32 or int8, got {self.default_model!r}")
+        self.batch_sizes = tuple(sorted({int(b) for b in self.batch_sizes}))
+
+
+@dataclass
+class Checkpoint:
+    model: CNNLSTM
+    pipeline: PipelineState
+    round: int
+    path: Path
+    digest: str  # sha256 of the checkpoint file
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """The model (eval mode) and fitted pipeline of a run's checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"checkpoint not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many kinds for a file that is not a checkpoint
+        raise ExportError(f"{path} is not a readable checkpoint: {err}") from None
+    missing = [k for k in ("state_dict", "model_config", "pipeline_state") if k not in data]
+    if missing:
+        raise ExportError(f"{path} lacks {', '.join(missing)}: not a BotDefender CNN-LSTM checkpoint")
+    config = dict(data["model_config"])
+    n_features = int(config.pop("n_features"))
+    model = CNNLSTM(n_features, **config)
+    model.load_state_dict(data["state_dict"])
+    model.eval()
+    pipeline = PipelineState.from_json(data["pipeline_state"])
+    if pipeline.n_outputs != n_features:
+        raise ExportError(f"{path}: the pipeline encodes {pipeline.n_outputs} features, the model reads {n_features}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Checkpoint(model=model, pipeline=pipeline, round=int(data.get("round", 0)), path=path, digest=digest)
+
+
+def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(module, parameter name) of every weight matrix: conv, LSTM input/hidden weights, linear layers."""
+    pairs = []
+    for module in model.modules():
+        for name, _ in module.named_parameters(recurse=False):
+            if name.startswith("weight"):
+                pairs.append((module, name))
+    return pairs
+
+
+def prune_model(model: nn.Module, sparsity: float) -> float:
+    """Global L1 magnitude pruning to ``sparsity``, made permanent; returns the achieved share of zero weights."""
+    import torch.nn.utils.prune as prune
+
+    pairs = prunable(model)
+    if sparsity > 0:
+        prune.global_unstructured(pairs, pruning_method=prune.L1Unstructured, amount=sparsity)
+        for module, name in pairs:
+            prune.remove(module, name)
+    total = sum(getattr(m, n).numel() for m, n in pairs)
+    zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in pairs)
+    return zeros / max(total, 1)
+
+
+def convert_fp32(model: CNNLSTM, batch_size: int) -> bytes:
+    """The fp32 .tflite flatbuffer of ``model`` for inputs (batch_size, n_features)."""
+    import litert_torch
+
+    sample = (torch.zeros(batch_size, model.n_features),)
+    return litert_torch.convert(model.eval(), sample).model_content()
+
+
+def quantize(fp32: bytes, mode: str, calibration: np.ndarray | None = None) -> bytes:
+    """int8 .tflite from an fp32 one (ai-edge-quantizer): ``dynamic`` weights only, or ``static`` with activations
+    calibrated on ``calibration`` (encoded rows; batched to the model's input shape)."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    engine = quantizer.Quantizer(fp32)
+    if mode == "dynamic":
+        engine.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        return bytes(engine.quantize().quantized_model)
+    if calibration is None or len(calibration) == 0:
+        raise ExportError("static int8 needs calibration rows (a representative sample of encoded flows)")
+    engine.load_quantization_recipe(recipe.static_wi8_ai8())
+    signature, input_name, batch = _signature(fp32)
+    rows = np.asarray(calibration, dtype=np.float32)
+    batches = [rows[i : i + batch] for i in range(0, len(rows) - batch + 1, batch)] or [np.resize(rows, (batch, rows.shape[1]))]
+    result = engine.calibrate({signature: [{input_name: b} for b in batches]})
+    return bytes(engine.quantize(result).quantized_model)
+
+
+def _signature(model: bytes) -> tuple[str, str, int]:
+    """(signature key, input name, batch size) of a single-input .tflite model."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model)
+    signatures = interpreter.get_signature_list()
+    key = next(iter(signatures))
+    input_name = signatures[key]["inputs"][0]
+    batch = int(interpreter.get_input_details()[0]["shape"][0])
+    return key, input_name, batch
+
+
+def run_metrics(checkpoint: Path) -> dict:
+    """The source run's final and best metrics (``metrics.json`` next to the checkpoint), if there is one."""
+    path = checkpoint.parent / "metrics.json"
+    if not path.is_file():
+        return {}
+    metrics = json.loads(path.read_text())
+    keep = ("accuracy", "precision", "recall", "f1", "roc_auc", "n", "threshold")
+    return {name: {k: metrics[name][k] for k in keep if k in metrics[name]}
+            for name in ("final", "best") if isinstance(metrics.get(name), dict)}  # fmt: skip
+
+
+def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, options: ExportOptions | None = None,
+                  calibration: np.ndarray | None = None) -> dict:  # fmt: skip
+    """Write the bundle for ``checkpoint_path`` into ``out_dir``; returns the manifest."""
+    options = options or ExportOptions()
+    checkpoint = load_checkpoint(checkpoint_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    achieved = prune_model(checkpoint.model, options.sparsity)
+    models: dict[str, dict] = {}
+    for batch in options.batch_sizes:
+        log.info("converting for batch %d", batch)
+        fp32 = convert_fp32(checkpoint.model, batch)
+        int8 = quantize(fp32, options.quantization, calibration)
+        for variant, content in (("fp32", fp32), ("int8", int8)):
+            name = f"model_{variant}_b{batch}.tflite"
+            (out_dir / name).write_bytes(content)
+            models[f"{variant}_b{batch}"] = {"file": name, "variant": variant, "batch_size": batch,
+                                             "bytes": len(content)}  # fmt: skip
+        models[f"int8_b{batch}"]["quantization"] = options.quantization
+    pipeline = checkpoint.pipeline
+    run_name = checkpoint.path.parent.name
+    manifest = {
+        "model_version": f"{run_name}-r{checkpoint.round}-{checkpoint.digest[:8]}",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"checkpoint": checkpoint.path.name, "run": run_name, "round": checkpoint.round,
+                   "checkpoint_sha256": checkpoint.digest},  # fmt: skip
+        "architecture": "cnn_lstm",
+        "features": {"input_columns": pipeline.input_columns, "encoded": pipeline.output_names,
+                     "n_features": pipeline.n_outputs},  # fmt: skip
+        "pipeline": pipeline.to_dict(),
+        "threshold": float(pipeline.threshold),
+        "models": models,
+        "default_model": options.default_model,
+        "batch_sizes": list(options.batch_sizes),
+        "pruning": {"method": "global L1 magnitude", "requested_sparsity": options.sparsity,
+                    "achieved_sparsity": round(achieved, 4)},  # fmt: skip
+        "metrics": run_metrics(checkpoint.path),
+    }
+    write_manifest(out_dir, manifest)
+    return json.loads((out_dir / "manifest.json").read_text())
+
+
+def calibration_rows(checkpoint: str | Path, source: str | Path | None = None, size: int = 1024,
+                     seed: int = 0) -> np.ndarray:  # fmt: skip
+    """Encoded rows for static int8 calibration: a seeded sample of ``size`` records from ``source`` (any flow file
+    the gateway reads) or, by default, from the training split of the checkpoint's run (its ``metrics.json``)."""
+    from collections import Counter
+
+    pipeline = load_checkpoint(checkpoint).pipeline
+    rng = np.random.default_rng(seed)
+    if source is not None:
+        from gateway.encode import encode
+        from gateway.sources import FlowSource
+
+        rows, _ = encode([r for r in FlowSource(source) if r is not None], pipeline, Counter())
+    else:
+        from flows.loader import resolve_data_dir
+        from flows.run_split import DataSettings, load_split
+
+        metrics_path = Path(checkpoint).parent / "metrics.json"
+        if not metrics_path.is_file():
+            raise ExportError(f"no {metrics_path} to find the run's data: pass --calibration FILE")
+        run_config = json.loads(metrics_path.read_text())["run_config"]
+        settings = DataSettings.from_run_config(run_config)
+        if not Path(settings.data_dir).is_dir():  # the run was elsewhere: use this machine's data folder
+            settings = dataclasses.replace(settings, data_dir=str(resolve_data_dir(None)))
+        train, _ = load_split(settings)
+        rows = pipeline.transform(train.frame)
+    if len(rows) == 0:
+        raise ExportError("no calibration rows could be read")
+    return rows[rng.choice(len(rows), size=min(size, len(rows)), replace=False)]

@@ -1,0 +1,154 @@
+"""The verdict service: a flow source -> batches -> the bundle's model -> flow verdicts (JSON lines) and host
+verdicts to a pluggable sink. numpy + ai-edge-litert only: nothing here imports torch, flwr, sklearn or pandas.
+
+Host sinks (``--host-sink``): ``stdout``, ``file:PATH`` (JSON lines, appended); :func:`register_sink` adds more
+(the SDN isolation hook registers itself there).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Protocol
+
+from gateway.bundle import Bundle
+from gateway.encode import check_columns, encode
+from gateway.engine import VerdictModel
+from gateway.hosts import HostPolicy, HostTracker, HostVerdict
+from gateway.sources import FlowSource, Record
+
+
+class HostSink(Protocol):
+    def emit(self, verdict: HostVerdict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonLinesSink:
+    """Host verdicts as JSON lines on a stream (stdout) or an appended file."""
+
+    def __init__(self, stream: IO[str], owned: bool = False) -> None:
+        self.stream, self.owned = stream, owned
+
+    def emit(self, verdict: HostVerdict) -> None:
+        self.stream.write(json.dumps({"type": "host", **verdict.as_dict()}) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.owned:
+            self.stream.close()
+
+
+SINKS: dict[str, Callable[[str], HostSink]] = {
+    "stdout": lambda _: JsonLinesSink(sys.stdout),
+    "file": lambda path: JsonLinesSink(open(path, "a", encoding="utf-8"), owned=True),
+}
+
+
+def register_sink(kind: str, factory: Callable[[str], HostSink]) -> None:
+    SINKS[kind] = factory
+
+
+def make_sink(spec: str) -> HostSink:
+    """``stdout``, ``file:PATH`` or ``KIND:ARG`` of a registered sink."""
+    kind, _, argument = spec.partition(":")
+    if kind not in SINKS:
+        raise ValueError(f"unknown host sink {kind!r}: available {', '.join(sorted(SINKS))}")
+    if kind == "file" and not argument:
+        raise ValueError("host sink file needs a path: file:PATH")
+    return SINKS[kind](argument)
+
+
+@dataclass
+class ServeReport:
+    records: int = 0
+    scored: int = 0
+    malicious: int = 0
+    malformed: Counter = field(default_factory=Counter)
+    host_verdicts: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def as_dict(self, lines: int) -> dict:
+        return {"lines": lines, "records": self.records, "scored": self.scored, "malicious": self.malicious,
+                "malformed": dict(self.malformed), "host_verdicts": dict(self.host_verdicts),
+                "seconds": round(self.seconds, 3),
+                "flows_per_second": round(self.scored / self.seconds, 1) if self.seconds else None}  # fmt: skip
+
+
+class VerdictService:
+    """Turns records into verdicts, batch by batch."""
+
+    def __init__(self, bundle: Bundle, model: VerdictModel, out: IO[str], sink: HostSink | None,
+                 policy: HostPolicy | None = None) -> None:  # fmt: skip
+        self.bundle, self.model, self.out, self.sink = bundle, model, out, sink
+        self.hosts = HostTracker(policy)
+        self.report = ServeReport()
+
+    def process(self, records: list[Record]) -> None:
+        rows, kept = encode(records, self.bundle.pipeline, self.report.malformed)
+        if not kept:
+            return
+        scores = self.model.probabilities(rows)
+        now = time.time()
+        version = self.bundle.model_version
+        lines = []
+        for record, score in zip(kept, scores):
+            malicious = bool(score >= self.model.threshold)
+            moment = record.time if record.time is not None else now
+            lines.append(json.dumps({"time": moment, "src": record.src, "dst": record.dst, "line": record.line,
+                                     "score": round(float(score), 5), "verdict": "attack" if malicious else "benign",
+                                     "model_version": version}))  # fmt: skip
+            self.report.malicious += int(malicious)
+            if record.src is not None:
+                for verdict in self.hosts.observe(record.src, moment, malicious):
+                    self.report.host_verdicts[verdict.action] += 1
+                    if self.sink is not None:
+                        self.sink.emit(verdict)
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+        self.report.scored += len(kept)
+
+    def run(self, source: FlowSource, batch_size: int) -> ServeReport:
+        started = time.perf_counter()
+        pending: list[Record] = []
+        checked = False
+        for record in source:
+            if record is not None:
+                if not checked:
+                    check_columns(self.bundle.pipeline, list(record.values), f"source {source.path} ({source.fmt})")
+                    checked = True
+                pending.append(record)
+                self.report.records += 1
+            if pending and (record is None or len(pending) >= batch_size):
+                self.process(pending)
+                pending = []
+        if pending:
+            self.process(pending)
+        self.report.malformed.update(source.stats.malformed)
+        self.report.seconds = time.perf_counter() - started
+        return self.report
+
+
+def serve(bundle_dir: str | Path, source_path: str | Path, *, fmt: str = "auto", follow: bool = False,
+          idle_exit: float = 0.0, batch_size: int = 256, variant: str | None = None, out: IO[str] | None = None,
+          host_sink: str | None = "stdout", policy: HostPolicy | None = None, num_threads: int = 1) -> dict:  # fmt: skip
+    """Run the service to the end of the source (or, following, until idle for ``idle_exit`` s); returns the
+    report as a dict."""
+    from gateway.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    model = VerdictModel(bundle, variant, num_threads=num_threads)
+    source = FlowSource(source_path, fmt, follow=follow, idle_exit=idle_exit)
+    sink = make_sink(host_sink) if host_sink else None
+    service = VerdictService(bundle, model, out or sys.stdout, sink, policy)
+    try:
+        report = service.run(source, batch_size)
+    finally:
+        if sink is not None:
+            sink.close()
+    return report.as_dict(source.stats.lines)

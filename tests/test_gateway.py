@@ -1,0 +1,234 @@
+"""Gateway (issue 5): bundle round trip and refusals, fp32/int8 agreement with PyTorch on real flows, the verdict
+service without torch, malformed lines counted, following a growing file, host verdicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.bundle import BundleError, load_bundle
+from gateway.hosts import HostPolicy, HostTracker
+
+REPO = Path(__file__).resolve().parents[1]
+RAW_FILE = "UNSW-NB15_1.first3000.csv"  # served in the tests (its 98 attacks come from 4 hosts)
+TRAIN_FILE = "UNSW-NB15_1.first20000.csv"  # its rows after the first 3000 train the model
+
+
+@pytest.fixture(scope="module")
+def raw_checkpoint(data_dir, tmp_path_factory):
+    """A CNN-LSTM briefly trained on raw UNSW-NB15 flows (which carry IPs), saved as a run would save it."""
+    import torch
+
+    from flows.loader import load_file
+    from flows.pipeline import FeaturePipeline, PipelineConfig
+    from models.cnn_lstm import CNNLSTM
+    from models.training import train_torch_classifier
+
+    table = load_file("unsw-nb15-raw", data_dir / "unsw-nb15" / "raw" / TRAIN_FILE)
+    table = table.subset(list(range(3000, len(table))))  # not the rows of RAW_FILE, which the tests serve
+    pipeline = FeaturePipeline(PipelineConfig(nonfinite="error")).fit(table)
+    x_fit = pipeline.transform(table.frame)
+    y = table.frame["label"].to_numpy().astype(np.float32)
+    torch.manual_seed(0)
+    model = CNNLSTM(x_fit.shape[1])
+    train_torch_classifier(model, x_fit[:14000], y[:14000], x_fit[14000:], y[14000:], epochs=8, progress=False)
+    served = load_file("unsw-nb15-raw", data_dir / "unsw-nb15" / "raw" / RAW_FILE)
+    x = pipeline.transform(served.frame)
+    path = tmp_path_factory.mktemp("run") / "final.pt"
+    torch.save({"state_dict": model.state_dict(), "model_config": {"n_features": x.shape[1]},
+                "pipeline_state": pipeline.state_.to_json(), "round": 3}, path)  # fmt: skip
+    return path, model.eval(), x
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(raw_checkpoint, tmp_path_factory):
+    from gateway.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle")
+    export_bundle(raw_checkpoint[0], out)
+    return out
+
+
+def test_bundle_round_trip(bundle_dir, raw_checkpoint):
+    bundle = load_bundle(bundle_dir)
+    manifest = bundle.manifest
+    assert sorted(manifest["models"]) == ["fp32_b1", "fp32_b256", "int8_b1", "int8_b256"]
+    assert set(manifest["files"]) == {m["file"] for m in manifest["models"].values()}
+    assert manifest["source"]["round"] == 3 and manifest["model_version"].endswith(manifest["source"]
+                                                                                   ["checkpoint_sha256"][:8])
+    assert bundle.pipeline.output_names == manifest["features"]["encoded"]
+    assert manifest["features"]["n_features"] == raw_checkpoint[2].shape[1]
+    assert bundle.model_file("int8", 256).stat().st_size < bundle.model_file("fp32", 256).stat().st_size
+
+
+def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(bundle_dir, tmp_path / "copy"))
+
+
+def test_a_tampered_model_file_is_refused(bundle_dir, tmp_path):
+    copy = _copy(bundle_dir, tmp_path)
+    model = copy / "model_int8_b1.tflite"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256 .* does not match"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(bundle_schema=99), "bundle schema 99 is not supported"),
+    (lambda m: m["pipeline"].update(schema_version=7), "pipeline schema version 7 is not supported"),
+    (lambda m: m["features"]["encoded"].pop(), "declared encoded features differ"),
+    (lambda m: m.pop("files"), "missing field"),
+])  # fmt: skip
+def test_a_bundle_of_another_schema_is_refused(bundle_dir, tmp_path, edit, message):
+    copy = _copy(bundle_dir, tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(copy)
+
+
+def test_tflite_models_agree_with_pytorch_on_real_flows(bundle_dir, raw_checkpoint):
+    import torch
+
+    from gateway.engine import VerdictModel
+
+    _, model, x = raw_checkpoint
+    with torch.no_grad():
+        reference = torch.sigmoid(model(torch.from_numpy(x))).numpy()
+    bundle = load_bundle(bundle_dir)
+    fp32 = VerdictModel(bundle, "fp32").probabilities(x)  # 3000 rows: 11 batches of 256 and a padded remainder
+    assert np.abs(fp32 - reference).max() < 1e-4
+    int8 = VerdictModel(bundle, "int8").probabilities(x)
+    assert np.mean((int8 >= 0.5) == (reference >= 0.5)) >= 0.99
+    single = VerdictModel(bundle, "fp32").probabilities(x[:1])  # the batch-1 model
+    assert abs(float(single[0]) - float(reference[0])) < 1e-4
+
+
+BLOCKER = """
+import importlib.abc, sys
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'torch', 'flwr', 'sklearn', 'pandas'}:
+            raise ImportError(f'{name} is blocked: the gateway must not need it')
+sys.meta_path.insert(0, Blocker())
+from gateway.__main__ import main
+code = main(sys.argv[1:])
+assert not {'torch', 'flwr', 'sklearn', 'pandas'} & {m.split('.')[0] for m in sys.modules}
+raise SystemExit(code)
+"""
+
+
+def _serve(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCKER, "serve", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, **kwargs)  # fmt: skip
+
+
+def _summary(stderr: str) -> dict:
+    return json.loads(next(line for line in stderr.splitlines() if line.startswith("summary: "))[9:])
+
+
+def test_serve_runs_where_torch_cannot_be_imported_and_isolates_hosts(bundle_dir, data_dir, tmp_path):
+    source = data_dir / "unsw-nb15" / "raw" / RAW_FILE
+    done = _serve(["--bundle", str(bundle_dir), "--source", str(source), "--out", str(tmp_path / "flows.jsonl"),
+                   "--host-sink", f"file:{tmp_path / 'hosts.jsonl'}", "--min-flows", "5"])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = _summary(done.stderr)
+    assert summary["records"] == summary["scored"] == 3000 and summary["malformed"] == {}
+    flows = [json.loads(line) for line in (tmp_path / "flows.jsonl").read_text().splitlines()]
+    assert len(flows) == 3000 and {"time", "src", "dst", "score", "verdict", "model_version"} <= set(flows[0])
+    assert flows[0]["src"].count(".") == 3  # raw UNSW-NB15 flows carry the hosts' addresses
+    hosts = [json.loads(line) for line in (tmp_path / "hosts.jsonl").read_text().splitlines()]
+    assert summary["host_verdicts"].get("isolate", 0) == sum(h["action"] == "isolate" for h in hosts)
+    isolated = {h["host"] for h in hosts if h["action"] == "isolate"}
+    attackers = {f["src"] for f in flows if f["verdict"] == "attack"}
+    assert isolated and isolated <= attackers
+
+
+def test_malformed_lines_are_counted_not_fatal(bundle_dir, data_dir, tmp_path):
+    lines = (data_dir / "unsw-nb15" / "raw" / RAW_FILE).read_bytes().splitlines()[:20]
+    good = lines[0].decode()
+    fields = good.split(",")
+    bad_number = ",".join([*fields[:6], "abc", *fields[7:]])  # dur is not a number
+    nan_value = ",".join([*fields[:6], "nan", *fields[7:]])  # the pipeline's policy is 'error'
+    unknown_category = ",".join([*fields[:4], "no-such-proto", *fields[5:]])  # -> the unknown bucket, scored
+    body = b"\n".join([*lines, b"1,2,3", bad_number.encode(), nan_value.encode(), b"\xff\xfe,bad",
+                       unknown_category.encode()]) + b"\n"  # fmt: skip
+    capture = tmp_path / "capture.csv"
+    capture.write_bytes(body)
+    done = _serve(["--bundle", str(bundle_dir), "--source", str(capture), "--format", "unsw_raw", "--host-sink", ""])
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = _summary(done.stderr)
+    assert summary["malformed"] == {"wrong_field_count": 1, "non_numeric": 1, "non_finite": 1, "not_utf8": 1}
+    assert summary["scored"] == 21 and summary["lines"] == 25
+    assert len(done.stdout.splitlines()) == 21
+
+
+def test_unknown_categories_use_the_unknown_bucket(bundle_dir, data_dir):
+    from gateway.encode import encode
+    from gateway.sources import FlowSource
+
+    bundle = load_bundle(bundle_dir)
+    record = next(iter(FlowSource(data_dir / "unsw-nb15" / "raw" / RAW_FILE)))
+    record.values["proto"] = "no-such-proto"
+    rows, kept = encode([record], bundle.pipeline, Counter())
+    names = bundle.pipeline.output_names
+    assert rows[0, names.index("proto=<unknown>")] == 1.0 and len(kept) == 1
+
+
+def test_a_bundle_for_another_schema_refuses_the_source(bundle_dir, data_dir):
+    source = next((data_dir / "iot-23").glob("*.conn.log.labeled"))
+    done = _serve(["--bundle", str(bundle_dir), "--source", str(source)])
+    assert done.returncode == 2 and "built for another flow schema" in done.stderr
+
+
+def test_follow_reads_a_growing_file(bundle_dir, data_dir, tmp_path):
+    lines = (data_dir / "unsw-nb15" / "raw" / RAW_FILE).read_text().splitlines(keepends=True)[:300]
+    capture = tmp_path / "growing.csv"
+    capture.write_text("".join(lines[:100]))
+    process = subprocess.Popen([sys.executable, "-c", BLOCKER, "serve", "--bundle", str(bundle_dir), "--source",
+                                str(capture), "--follow", "--idle-exit", "3", "--host-sink", ""], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(1.5)
+        with open(capture, "a") as handle:
+            handle.write("".join(lines[100:250]))
+            handle.write(lines[250][:30])  # half a line: must wait for the rest
+            handle.flush()
+            time.sleep(0.5)
+            handle.write(lines[250][30:] + "".join(lines[251:]))
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err[-2000:]
+    assert _summary(err)["scored"] == 300 and len(out.splitlines()) == 300
+
+
+def test_host_windows_isolate_and_release_with_hysteresis():
+    tracker = HostTracker(HostPolicy(window=10.0, min_flows=4, isolate_share=0.75, release_share=0.25))
+    actions = []
+    for t, bad in enumerate([True, True, True, False, True]):
+        actions += [(v.action, v.time) for v in tracker.observe("10.0.0.9", float(t), bad)]
+    assert actions == [("isolate", 3.0)]  # 3 of 4 malicious at t=3
+    for t in range(5, 16):  # benign flows: the share drops as old ones leave the window
+        actions += [(v.action, v.time) for v in tracker.observe("10.0.0.9", float(t), False)]
+    assert actions[-1][0] == "release" and len(actions) == 2
+    tracker.observe("10.0.0.7", 0.0, True)
+    assert tracker.observe("10.0.0.8", 100.0, False) == []  # 10.0.0.7 was never isolated: nothing to release
+    for t in range(4):
+        tracker.observe("10.0.0.6", 200.0 + t, True)
+    released = tracker.observe("10.0.0.8", 300.0, False)
+    assert [(v.host, v.action) for v in released] == [("10.0.0.6", "release")]  # silent for a whole window

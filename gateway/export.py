@@ -1,7 +1,7 @@
 """Checkpoint -> model bundle (torch side; the ``export`` extra): optional pruning, LiteRT conversion, int8.
 
 A checkpoint is what a run writes (``final.pt`` / ``best.pt``: state_dict, model_config, pipeline_state, round).
-The bundle holds, per batch size, the fp32 .tflite converted by litert-torch and the int8 .tflite made from it by
+The model is converted in the step-by-step form of :mod:`gateway.export_model` (same outputs). The bundle holds, per batch size, the fp32 .tflite converted by litert-torch and the int8 .tflite made from it by
 ai-edge-quantizer, plus ``manifest.json`` (:mod:`gateway.bundle`). Converted models have a fixed batch size:
 litert-torch rejects a dynamic batch dimension for this model and the interpreter cannot resize the unrolled
 LSTM afterwards (both tried with litert-torch 0.10 / ai-edge-litert 2.3), so the runtime picks the model of the
@@ -120,8 +120,10 @@ def convert_fp32(model: CNNLSTM, batch_size: int) -> bytes:
     """The fp32 .tflite flatbuffer of ``model`` for inputs (batch_size, n_features)."""
     import litert_torch
 
+    from gateway.export_model import UnrolledCNNLSTM
+
     sample = (torch.zeros(batch_size, model.n_features),)
-    return litert_torch.convert(model.eval(), sample).model_content()
+    return litert_torch.convert(UnrolledCNNLSTM(model.eval()), sample).model_content()
 
 
 def quantize(fp32: bytes, mode: str, calibration: np.ndarray | None = None) -> bytes:

@@ -117,6 +117,20 @@ def test_tflite_models_agree_with_pytorch_on_real_flows(bundle_dir, raw_checkpoi
     assert abs(float(single[0]) - float(reference[0])) < 1e-4
 
 
+@pytest.mark.parametrize("layers, readout", [(1, "last"), (2, "mean"), (2, "max")])
+def test_the_unrolled_export_form_computes_what_the_model_computes(layers, readout):
+    import torch
+
+    from gateway.export_model import UnrolledCNNLSTM
+    from models.cnn_lstm import CNNLSTM
+
+    torch.manual_seed(layers)
+    model = CNNLSTM(41, lstm_layers=layers, readout=readout).eval()
+    x = torch.randn(64, 41) * 3
+    with torch.no_grad():
+        assert torch.allclose(UnrolledCNNLSTM(model)(x), model(x), atol=1e-5)
+
+
 BLOCKER = """
 import importlib.abc, sys
 class Blocker(importlib.abc.MetaPathFinder):
@@ -232,3 +246,23 @@ def test_host_windows_isolate_and_release_with_hysteresis():
         tracker.observe("10.0.0.6", 200.0 + t, True)
     released = tracker.observe("10.0.0.8", 300.0, False)
     assert [(v.host, v.action) for v in released] == [("10.0.0.6", "release")]  # silent for a whole window
+
+
+@pytest.mark.slow
+def test_a_fresh_gateway_environment_serves_without_torch(bundle_dir, data_dir, tmp_path):
+    """pip install '.[gateway]' into a new virtualenv (ai-edge-litert + numpy), then serve from it."""
+    env_dir = tmp_path / "gateway-env"
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, timeout=120)
+    python = env_dir / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"{REPO}[gateway]"], capture_output=True,
+                             text=True, timeout=900)  # fmt: skip
+    assert install.returncode == 0, install.stderr[-2000:]
+    listed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True,
+                            check=True).stdout  # fmt: skip
+    installed = {p["name"].lower() for p in json.loads(listed)}
+    assert "ai-edge-litert" in installed and not installed & {"torch", "flwr", "scikit-learn", "pandas"}
+    done = subprocess.run([str(python), "-m", "gateway", "serve", "--bundle", str(bundle_dir), "--source",
+                           str(data_dir / "unsw-nb15" / "raw" / RAW_FILE), "--host-sink", ""], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _summary(done.stderr)["scored"] == 3000

@@ -225,6 +225,7 @@ def main() -> None:
     args.results = args.results.resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     status = 0 if args.report_only else run_grid(args)
+    collect_cells(args.results)  # also the jobs a running or interrupted sweep has finished
     block = report(load_cells(args.results), args.results)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "results.md").write_text(block)

@@ -1,0 +1,228 @@
+"""Gateway benchmark (issue 5, point 4): PyTorch vs fp32 vs int8 .tflite on the held-out split, sizes, speed.
+
+    python -m simulation                                    # a run to export (outputs/federated/<run>/final.pt)
+    python benchmarks/edge.py --checkpoint outputs/federated/<run>/final.pt [--sparsity 0 0.5]
+
+For each sparsity it exports a bundle (int8 dynamic-range by default), then on the run's own held-out split (the
+rows the server evaluated on, re-derived from the run's settings; never seen in training):
+
+* F1 and accuracy of the PyTorch model (after pruning), the fp32 .tflite and the int8 .tflite, and the share of
+  flows on which each .tflite gives the PyTorch verdict;
+* the model files' sizes, and the fp32 and int8 halves of the bundle (raw and gzip -9);
+* one thread: the model's throughput at batch 1 and 256 (flows per second, encoded rows in, probabilities out),
+  the latency of one flow from its raw record to its verdict (parse, encode, infer; p50 and p99), and the verdict
+  service end to end on the UNSW-NB15 testing CSV (read, encode, infer, write JSON lines to /dev/null); each
+  figure is the median of ``--repeats`` runs;
+* the installed size of a fresh virtualenv with ``pip install '.[gateway]'`` (and that it holds no torch).
+
+Writes ``benchmarks/results/gateway/results.{json,md}`` and the README block between the gateway markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "gateway"
+MARK_START, MARK_END = "<!-- gateway-benchmark:start -->", "<!-- gateway-benchmark:end -->"
+log = logging.getLogger("benchmarks.gateway")
+
+
+def held_out(checkpoint: Path):
+    """(encoded rows, labels, the test table) of the checkpoint's run: the split the server evaluated on."""
+    from flows.loader import resolve_data_dir
+    from flows.run_split import DataSettings, load_split
+    from gateway.export import load_checkpoint
+
+    run_config = json.loads((checkpoint.parent / "metrics.json").read_text())["run_config"]
+    settings = DataSettings.from_run_config(run_config)
+    if not Path(settings.data_dir).is_dir():
+        settings = dataclasses.replace(settings, data_dir=str(resolve_data_dir(None)))
+    _, test = load_split(settings)
+    pipeline = load_checkpoint(checkpoint).pipeline
+    return pipeline.transform(test.frame), test.frame["label"].to_numpy().astype(int), test
+
+
+def quality(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    predicted = (probabilities >= threshold).astype(int)
+    return {"f1": float(f1_score(labels, predicted)), "accuracy": float(accuracy_score(labels, predicted))}
+
+
+def timed(function, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def speed(bundle, rows: np.ndarray, test_csv: Path, repeats: int) -> dict:
+    """One-thread throughput at batch 1 and 256, single-flow latency, and the service end to end."""
+    from gateway.encode import encode
+    from gateway.engine import VerdictModel
+    from gateway.serve import serve
+    from gateway.sources import FlowSource
+
+    model = VerdictModel(bundle, num_threads=1)
+    big = rows[: 256 * 64]
+    small = rows[:2000]
+    out = {"batch_256_flows_per_second": len(big) / timed(lambda: model.probabilities(big), repeats),
+           "batch_1_flows_per_second": len(small) / timed(lambda: [model.probabilities(r[None]) for r in small],
+                                                          repeats)}  # fmt: skip
+    records = [r for _, r in zip(range(2000), FlowSource(test_csv)) if r is not None]
+    latencies = []
+    for _ in range(repeats):
+        for record in records:
+            start = time.perf_counter()
+            encoded, _ = encode([record], bundle.pipeline, Counter())
+            model.probabilities(encoded)
+            latencies.append(time.perf_counter() - start)
+    out["latency_ms_p50"] = 1000 * float(np.percentile(latencies, 50))
+    out["latency_ms_p99"] = 1000 * float(np.percentile(latencies, 99))
+    with open(os.devnull, "w") as sink:
+        rates = [serve(bundle.path, test_csv, out=sink, host_sink=None)["flows_per_second"] for _ in range(repeats)]
+    out["service_flows_per_second"] = statistics.median(rates)
+    return out
+
+
+def sizes(bundle_dir: Path, manifest: dict) -> dict:
+    out: dict = {"files": {m["file"]: m["bytes"] for m in manifest["models"].values()}}
+    for variant in ("fp32", "int8"):
+        files = [bundle_dir / m["file"] for m in manifest["models"].values() if m["variant"] == variant]
+        out[f"{variant}_bytes"] = sum(f.stat().st_size for f in files)
+        out[f"{variant}_gzip_bytes"] = sum(len(gzip.compress(f.read_bytes(), 9)) for f in files)
+    out["ratio"] = out["fp32_bytes"] / out["int8_bytes"]
+    out["ratio_gzip"] = out["fp32_gzip_bytes"] / out["int8_gzip_bytes"]
+    return out
+
+
+def gateway_env_size() -> dict:
+    """Install '.[gateway]' into a fresh virtualenv; its size and whether torch came along."""
+    with tempfile.TemporaryDirectory(prefix="bdgw") as folder:
+        env = Path(folder) / "env"
+        subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+        start = time.perf_counter()
+        subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "--quiet", f"{REPO}[gateway]"],
+                       check=True, capture_output=True)  # fmt: skip
+        seconds = time.perf_counter() - start
+        listed = subprocess.run([str(env / "bin" / "python"), "-m", "pip", "list", "--format=json"], check=True,
+                                capture_output=True, text=True).stdout  # fmt: skip
+        packages = sorted(p["name"] for p in json.loads(listed))
+        total = sum(f.stat().st_size for f in env.rglob("*") if f.is_file() and not f.is_symlink())
+    return {"megabytes": total / 2**20, "install_seconds": seconds, "packages": packages,
+            "has_torch": any(p.lower() == "torch" for p in packages)}  # fmt: skip
+
+
+def bench_sparsity(checkpoint: Path, sparsity: float, rows, labels, test_csv: Path, repeats: int) -> dict:
+    import torch
+
+    from gateway.bundle import load_bundle
+    from gateway.engine import VerdictModel
+    from gateway.export import ExportOptions, export_bundle, load_checkpoint, prune_model
+
+    bundle_dir = RESULTS / f"bundle_sparsity_{sparsity:g}"
+    manifest = export_bundle(checkpoint, bundle_dir, ExportOptions(sparsity=sparsity))
+    bundle = load_bundle(bundle_dir)
+    model = load_checkpoint(checkpoint).model
+    prune_model(model, sparsity)
+    with torch.no_grad():
+        reference = torch.sigmoid(model(torch.from_numpy(rows))).numpy()
+    threshold = bundle.threshold
+    result = {"sparsity": manifest["pruning"]["achieved_sparsity"], "model_version": bundle.model_version,
+              "pytorch": quality(reference, labels, threshold)}  # fmt: skip
+    for variant in ("fp32", "int8"):
+        probabilities = VerdictModel(bundle, variant).probabilities(rows)
+        result[variant] = {**quality(probabilities, labels, threshold),
+                           "agreement": float(np.mean((probabilities >= threshold) == (reference >= threshold))),
+                           "max_abs_diff": float(np.abs(probabilities - reference).max())}  # fmt: skip
+    result["sizes"] = sizes(bundle_dir, manifest)
+    result["speed"] = speed(bundle, rows, test_csv, repeats)
+    return result
+
+
+def report(results: dict) -> str:
+    lines = [f"Checkpoint `{results['checkpoint']}`; held-out split of its run: {results['n_test']} flows. One "
+             f"thread; medians of {results['repeats']} runs.", "",
+             "| sparsity | model | F1 | accuracy | agreement with PyTorch |", "|---|---|---|---|---|"]  # fmt: skip
+    for r in results["runs"]:
+        for name in ("pytorch", "fp32", "int8"):
+            q = r[name]
+            agreement = f"{100 * q['agreement']:.2f}%" if "agreement" in q else "-"
+            lines.append(f"| {r['sparsity']:.2f} | {name} | {100 * q['f1']:.2f} | {100 * q['accuracy']:.2f} | "
+                         f"{agreement} |")  # fmt: skip
+    lines += ["", "| sparsity | fp32 models | int8 models | ratio | ratio (gzip -9) | batch 256 flows/s | "
+              "batch 1 flows/s | one flow p50 / p99 | service flows/s |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results["runs"]:
+        s, v = r["sizes"], r["speed"]
+        lines.append(f"| {r['sparsity']:.2f} | {s['fp32_bytes'] / 1024:.0f} KiB | {s['int8_bytes'] / 1024:.0f} KiB | "
+                     f"{s['ratio']:.2f}x | {s['ratio_gzip']:.2f}x | {v['batch_256_flows_per_second']:,.0f} | "
+                     f"{v['batch_1_flows_per_second']:,.0f} | {v['latency_ms_p50']:.3f} / {v['latency_ms_p99']:.3f} ms "
+                     f"| {v['service_flows_per_second']:,.0f} |")  # fmt: skip
+    env = results.get("gateway_env")
+    if env:
+        lines += ["", f"Fresh `pip install '.[gateway]'` virtualenv: {env['megabytes']:.0f} MB, installed in "
+                  f"{env['install_seconds']:.0f} s, torch {'present' if env['has_torch'] else 'absent'} "
+                  f"({', '.join(env['packages'])})."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(block: str) -> None:
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    if MARK_START not in text or MARK_END not in text:
+        log.warning("README has no %s ... %s block; not updated", MARK_START, MARK_END)
+        return
+    head, rest = text.split(MARK_START, 1)
+    readme.write_text(f"{head}{MARK_START}\n{block}\n{MARK_END}{rest.split(MARK_END, 1)[1]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a run's final.pt (its metrics.json beside)")
+    parser.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.5])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--test-csv", type=Path, help="flows for the service run (default: UNSW-NB15 testing set)")
+    parser.add_argument("--skip-env", action="store_true", help="skip the fresh '.[gateway]' virtualenv")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if not (args.checkpoint.parent / "metrics.json").is_file():
+        raise SystemExit(f"error: {args.checkpoint.parent / 'metrics.json'} not found: pass a run's checkpoint")
+    from flows.loader import resolve_data_dir
+
+    test_csv = args.test_csv or resolve_data_dir(None) / "unsw-nb15" / "UNSW_NB15_testing-set.csv"
+    rows, labels, _ = held_out(args.checkpoint)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = {"checkpoint": f"{args.checkpoint.parent.name}/{args.checkpoint.name}", "n_test": int(len(rows)), "repeats": args.repeats, "runs": []}
+    for sparsity in args.sparsity:
+        log.info("sparsity %.2f", sparsity)
+        results["runs"].append(bench_sparsity(args.checkpoint, sparsity, rows, labels, test_csv, args.repeats))
+    if not args.skip_env:
+        log.info("fresh '.[gateway]' virtualenv")
+        results["gateway_env"] = gateway_env_size()
+    (RESULTS / "results.json").write_text(json.dumps(results, indent=1))
+    block = report(results)
+    (RESULTS / "results.md").write_text(block)
+    print(block)
+    update_readme(block)
+
+
+if __name__ == "__main__":
+    main()

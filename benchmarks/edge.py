@@ -35,10 +35,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from readme_block import replace_readme_block  # benchmarks/readme_block.py (this script's folder)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "gateway"
-MARK_START, MARK_END = "<!-- gateway-benchmark:start -->", "<!-- gateway-benchmark:end -->"
 log = logging.getLogger("benchmarks.gateway")
 
 
@@ -197,16 +197,6 @@ def report(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(block: str) -> None:
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if MARK_START not in text or MARK_END not in text:
-        log.warning("README has no %s ... %s block; not updated", MARK_START, MARK_END)
-        return
-    head, rest = text.split(MARK_START, 1)
-    readme.write_text(f"{head}{MARK_START}\n{block}\n{MARK_END}{rest.split(MARK_END, 1)[1]}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="a run's final.pt (its metrics.json beside)")
@@ -234,7 +224,7 @@ def main() -> None:
     block = report(results)
     (RESULTS / "results.md").write_text(block)
     print(block)
-    update_readme(block)
+    replace_readme_block("gateway-benchmark", block)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ import sys
 from pathlib import Path
 
 from simulation.process_tree import run_watched
+from readme_block import replace_readme_block  # benchmarks/readme_block.py (this script's folder)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "federated"
-MARK_START, MARK_END = "<!-- federated-benchmark:start -->", "<!-- federated-benchmark:end -->"
 log = logging.getLogger("benchmarks.federated_harness")
 
 
@@ -154,17 +154,6 @@ def markdown(scale: list[dict] | None, quality: dict | None) -> str:
     return "\n".join(lines)
 
 
-def update_readme(block: str) -> None:
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if MARK_START not in text or MARK_END not in text:
-        log.warning("README has no %s ... %s block; not updated", MARK_START, MARK_END)
-        return
-    head, rest = text.split(MARK_START, 1)
-    _, tail = rest.split(MARK_END, 1)
-    readme.write_text(f"{head}{MARK_START}\n{block}\n{MARK_END}{tail}")
-
-
 def _interrupt(signum: int, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -199,7 +188,7 @@ def main() -> None:
     block = markdown(scale, quality)
     (RESULTS / "results.md").write_text(block + "\n")
     print(block)
-    update_readme(block)
+    replace_readme_block("federated-benchmark", block)
 
 
 if __name__ == "__main__":

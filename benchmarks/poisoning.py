@@ -35,6 +35,7 @@ from pathlib import Path
 
 from simulation.attack_report import screening_scores
 from simulation.config_resolvers import cell_name
+from readme_block import replace_readme_block  # benchmarks/readme_block.py (this script's folder)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "poisoning"  # runs/ (one folder per job), cells/, heatmap.png
@@ -43,7 +44,6 @@ ATTACKS = ["label_flip", "targeted_label_flip", "backdoor", "sign_flip", "gaussi
 DEFENCES = ["fedavg", "fedmedian", "fedtrimmedavg", "krum", "fltrust", "flame", "centered_clipping", "screening"]
 REPORTED = [*DEFENCES[:4], "multikrum", "bulyan", *DEFENCES[4:]]  # column order of the table
 ASSUMED_MALICIOUS = 0.3
-MARK_START, MARK_END = "<!-- poisoning-benchmark:start -->", "<!-- poisoning-benchmark:end -->"
 log = logging.getLogger("benchmarks.poisoning")
 
 
@@ -201,14 +201,6 @@ def heatmap(grid: dict, rows: list[tuple], defences: list[str], path: Path) -> N
     plt.close(fig)
 
 
-def update_readme(block: str) -> None:
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        readme.write_text(f"{head}{MARK_START}\n{block}\n{MARK_END}{rest.split(MARK_END, 1)[1]}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--attacks", nargs="+", default=ATTACKS)
@@ -231,7 +223,7 @@ def main() -> None:
     (args.results / "results.md").write_text(block)
     print(block)
     if args.results == RESULTS:
-        update_readme(block)
+        replace_readme_block("poisoning-benchmark", block)
     raise SystemExit(status)
 
 

@@ -117,6 +117,21 @@ def test_tflite_models_agree_with_pytorch_on_real_flows(bundle_dir, raw_checkpoi
     assert abs(float(single[0]) - float(reference[0])) < 1e-4
 
 
+def test_static_int8_takes_quantized_input_and_still_agrees(raw_checkpoint, tmp_path):
+    import torch
+
+    from gateway.engine import VerdictModel
+    from gateway.export import ExportOptions, export_bundle
+
+    checkpoint, model, x = raw_checkpoint
+    export_bundle(checkpoint, tmp_path, ExportOptions(batch_sizes=(64,), quantization="static"), calibration=x[:512])
+    engine = VerdictModel(load_bundle(tmp_path), "int8")
+    assert engine.runners[64].input["dtype"] == np.int8  # full integer: the runtime quantizes the input
+    with torch.no_grad():
+        reference = torch.sigmoid(model(torch.from_numpy(x))).numpy()
+    assert np.mean((engine.probabilities(x) >= 0.5) == (reference >= 0.5)) >= 0.95
+
+
 @pytest.mark.parametrize("layers, readout", [(1, "last"), (2, "mean"), (2, "max")])
 def test_the_unrolled_export_form_computes_what_the_model_computes(layers, readout):
     import torch

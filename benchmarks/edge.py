@@ -9,7 +9,8 @@ rows the server evaluated on, re-derived from the run's settings; never seen in 
 * F1 and accuracy of the PyTorch model (after pruning), the fp32 .tflite and the int8 .tflite, and the share of
   flows on which each .tflite gives the PyTorch verdict;
 * the model files' sizes, and the fp32 and int8 halves of the bundle (raw and gzip -9);
-* one thread: the model's throughput at batch 1 and 256 (flows per second, encoded rows in, probabilities out),
+* one thread: the default (int8) model's throughput at batch 1 and 256 (flows per second, encoded rows in,
+  probabilities out; the fp32 model's at batch 256 beside it),
   the latency of one flow from its raw record to its verdict (parse, encode, infer; p50 and p99), and the verdict
   service end to end on the UNSW-NB15 testing CSV (read, encode, infer, write JSON lines to /dev/null); each
   figure is the median of ``--repeats`` runs;
@@ -84,7 +85,9 @@ def speed(bundle, rows: np.ndarray, test_csv: Path, repeats: int) -> dict:
     model = VerdictModel(bundle, num_threads=1)
     big = rows[: 256 * 64]
     small = rows[:2000]
+    fp32 = VerdictModel(bundle, "fp32", num_threads=1)
     out = {"batch_256_flows_per_second": len(big) / timed(lambda: model.probabilities(big), repeats),
+           "fp32_batch_256_flows_per_second": len(big) / timed(lambda: fp32.probabilities(big), repeats),
            "batch_1_flows_per_second": len(small) / timed(lambda: [model.probabilities(r[None]) for r in small],
                                                           repeats)}  # fmt: skip
     records = [r for _, r in zip(range(2000), FlowSource(test_csv)) if r is not None]
@@ -180,13 +183,13 @@ def report(results: dict) -> str:
             lines.append(f"| {r['sparsity']:.2f} | {name} | {100 * q['f1']:.2f} | {100 * q['accuracy']:.2f} | "
                          f"{agreement} |")  # fmt: skip
     lines += ["", "| sparsity | fp32 models | int8 models | ratio | ratio (gzip -9) | ratio of the constants | "
-              "batch 256 flows/s | batch 1 flows/s | one flow p50 / p99 | service flows/s |",
+              "batch 256 flows/s (fp32) | batch 1 flows/s | one flow p50 / p99 | service flows/s |",
               "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results["runs"]:
         s, v = r["sizes"], r["speed"]
         lines.append(f"| {r['sparsity']:.2f} | {s['fp32_bytes'] / 1024:.0f} KiB | {s['int8_bytes'] / 1024:.0f} KiB | "
                      f"{s['ratio']:.2f}x | {s['ratio_gzip']:.2f}x | {s['ratio_constants']:.2f}x | "
-                     f"{v['batch_256_flows_per_second']:,.0f} | "
+                     f"{v['batch_256_flows_per_second']:,.0f} ({v['fp32_batch_256_flows_per_second']:,.0f}) | "
                      f"{v['batch_1_flows_per_second']:,.0f} | {v['latency_ms_p50']:.3f} / {v['latency_ms_p99']:.3f} ms "
                      f"| {v['service_flows_per_second']:,.0f} |")  # fmt: skip
     env = results.get("gateway_env")

@@ -1,8 +1,8 @@
 """The verdict service: a flow source -> batches -> the bundle's model -> flow verdicts (JSON lines) and host
 verdicts to a pluggable sink. numpy + ai-edge-litert only: nothing here imports torch, flwr, sklearn or pandas.
 
-Host sinks (``--host-sink``): ``stdout``, ``file:PATH`` (JSON lines, appended); :func:`register_sink` adds more
-(the SDN isolation hook registers itself there).
+Host sinks (``--host-sink``): ``stdout``, ``file:PATH`` (JSON lines, appended), ``sdn:URL`` (the isolation hook,
+:mod:`sdn.hook`); :func:`register_sink` adds more.
 """
 
 from __future__ import annotations
@@ -44,9 +44,16 @@ class JsonLinesSink:
             self.stream.close()
 
 
+def _sdn_hook(spec: str) -> HostSink:
+    from sdn.hook import hook_from_spec  # standard library only, like this module
+
+    return hook_from_spec(spec)
+
+
 SINKS: dict[str, Callable[[str], HostSink]] = {
     "stdout": lambda _: JsonLinesSink(sys.stdout),
     "file": lambda path: JsonLinesSink(open(path, "a", encoding="utf-8"), owned=True),
+    "sdn": _sdn_hook,
 }
 
 

@@ -32,7 +32,7 @@ class RuleBackend(Protocol):
 @dataclass
 class Outcome:
     ok: bool
-    status: str  # blocked, already_blocked, refused, failed, unblocked, not_blocked
+    status: str  # blocked, already_blocked, unblocked, not_blocked, refused, invalid, failed
     ip: str = ""
     reason: str = ""
     block: Block | None = None
@@ -55,9 +55,9 @@ class IsolationService:
         try:
             ip = normalise_ip(ip)
         except ValueError as err:
-            return Outcome(False, "refused", str(ip), str(err))
+            return Outcome(False, "invalid", str(ip), str(err))
         if ttl is not None and ttl <= 0:
-            return Outcome(False, "refused", ip, f"ttl must be > 0 seconds, got {ttl}")
+            return Outcome(False, "invalid", ip, f"ttl must be > 0 seconds, got {ttl}")
         covered = self.allowlist.covers(ip)
         if covered:
             return Outcome(False, "refused", ip, f"{ip} is allowlisted ({covered}) and is never blocked")
@@ -84,7 +84,7 @@ class IsolationService:
         try:
             ip = normalise_ip(ip)
         except ValueError as err:
-            return Outcome(False, "refused", str(ip), str(err))
+            return Outcome(False, "invalid", str(ip), str(err))
         with self._lock:
             existing = self.store.get(ip)
             if existing is None:

@@ -53,3 +53,25 @@ class FakeGrid:
 
     def get_node_ids(self) -> list[int]:
         return list(self.node_ids)
+
+
+class FakeBackend:
+    """Records the rules a switch would hold (sdn tests); while ``fail`` is set, installs raise (no barrier reply)."""
+
+    def __init__(self, hosts: int = 40) -> None:
+        self.rules: dict[str, float | None] = {}
+        self.hosts = hosts
+        self.fail = False
+        self.installs = 0
+
+    def install(self, ip, ttl):
+        if self.fail:
+            raise TimeoutError("no barrier reply within 1 s")
+        self.installs += 1
+        self.rules[ip] = ttl
+
+    def remove(self, ip):
+        self.rules.pop(ip, None)
+
+    def known_hosts(self):
+        return self.hosts

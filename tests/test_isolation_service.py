@@ -5,31 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import FakeBackend
 from sdn.blocklist import BlockStore
 from sdn.isolation import IsolationService
 from sdn.safety import Allowlist, CircuitBreaker
-
-
-class FakeBackend:
-    """Records the rules a switch would hold; ``fail`` makes the next install raise (no barrier reply)."""
-
-    def __init__(self, hosts: int = 40) -> None:
-        self.rules: dict[str, float | None] = {}
-        self.hosts = hosts
-        self.fail = False
-        self.installs = 0
-
-    def install(self, ip, ttl):
-        if self.fail:
-            raise TimeoutError("no barrier reply within 1 s")
-        self.installs += 1
-        self.rules[ip] = ttl
-
-    def remove(self, ip):
-        self.rules.pop(ip, None)
-
-    def known_hosts(self):
-        return self.hosts
 
 
 class Clock:

@@ -29,14 +29,14 @@ DEFAULT_STATE = Path(os.environ.get("BOTDEFENDER_TESTBED_DIR", "/tmp/botdefender
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 
 
-class TestbedError(RuntimeError):
+class BedError(RuntimeError):
     """The bed could not be built (missing tools, not root, a command failed)."""
 
 
 def run(*command: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     done = subprocess.run(list(command), capture_output=True, text=True, env=env, timeout=30)
     if check and done.returncode != 0:
-        raise TestbedError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[:500]}")
+        raise BedError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[:500]}")
     return done
 
 
@@ -69,12 +69,12 @@ class Host:
         done = subprocess.run(["ip", "netns", "exec", self.namespace, *command], capture_output=True, text=True,
                               timeout=timeout)  # fmt: skip
         if check and done.returncode != 0:
-            raise TestbedError(f"{self.name}: {' '.join(command)} failed: {done.stderr.strip()[:300]}")
+            raise BedError(f"{self.name}: {' '.join(command)} failed: {done.stderr.strip()[:300]}")
         return done
 
 
 @dataclass
-class Testbed:
+class NetworkBed:
     prefix: str = "bd"
     hosts_count: int = 3
     subnet: str = "10.77.0"
@@ -98,10 +98,10 @@ class Testbed:
     def ofctl(self, *args: str) -> str:
         return run("ovs-ofctl", "-O", "OpenFlow13", *args, env=self._env()).stdout
 
-    def up(self) -> "Testbed":
+    def up(self) -> "NetworkBed":
         problems = missing_requirements()
         if problems:
-            raise TestbedError("; ".join(problems))
+            raise BedError("; ".join(problems))
         self.down()  # leftovers of an earlier bed with this prefix
         self.state_dir.mkdir(parents=True, exist_ok=True)
         env = self._env()
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--controller-port", type=int, default=6653)
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
     args = parser.parse_args(argv)
-    bed = Testbed(prefix=args.prefix, hosts_count=args.hosts, controller=f"tcp:127.0.0.1:{args.controller_port}",
+    bed = NetworkBed(prefix=args.prefix, hosts_count=args.hosts, controller=f"tcp:127.0.0.1:{args.controller_port}",
                   state_dir=args.state_dir)  # fmt: skip
     try:
         if args.command == "install":
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{host.name}: namespace {host.namespace}, {host.ip} ({host.mac}), bridge port {host.port}")
         else:
             bed.down()
-    except TestbedError as err:
+    except BedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

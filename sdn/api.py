@@ -3,7 +3,7 @@
     POST   /blocks            {"ip": "10.0.0.5", "reason": "gateway verdict", "ttl": 300}   -> block
     DELETE /blocks/<ip>                                                                   -> unblock
     GET    /blocks                                                                        -> active blocks
-    GET    /health                                                                        -> {"ok": true}
+    GET    /health                                            -> {"ok": true, ...} (the controller adds "switches")
 
 Answers are JSON: 200 for done or already so (idempotent), 403 for a refusal (allowlist, circuit breaker), 400
 for bad input, 502 when the switch did not confirm the rules.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
@@ -22,7 +23,7 @@ STATUS_CODES = {"blocked": 200, "already_blocked": 200, "unblocked": 200, "not_b
                 "invalid": 400, "failed": 502}  # fmt: skip
 
 
-def _handler(service: IsolationService) -> type[BaseHTTPRequestHandler]:
+def _handler(service: IsolationService, health) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args) -> None:  # quiet: the controller logs decisions itself
             return
@@ -40,7 +41,7 @@ def _handler(service: IsolationService) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             if self.path == "/health":
-                self._send(200, {"ok": True})
+                self._send(200, {"ok": True, **health()})
             elif self.path == "/blocks":
                 self._send(200, {"blocks": [b.as_dict() for b in service.blocks()]})
             else:
@@ -70,8 +71,9 @@ def _handler(service: IsolationService) -> type[BaseHTTPRequestHandler]:
 class IsolationAPI:
     """The HTTP server in a background thread; ``address`` is (host, port) once started."""
 
-    def __init__(self, service: IsolationService, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.server = ThreadingHTTPServer((host, port), _handler(service))
+    def __init__(self, service: IsolationService, host: str = "127.0.0.1", port: int = 0,
+                 health: Callable[[], dict] = dict) -> None:  # fmt: skip
+        self.server = ThreadingHTTPServer((host, port), _handler(service, health))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="isolation-api", daemon=True)
 

@@ -1,0 +1,266 @@
+"""The isolation controller: an os-ken OpenFlow 1.3 learning switch that enforces host blocks, plus the HTTP
+isolation API (:mod:`sdn.api`) and the durable block store, in one process.
+
+    python -m sdn.controller --config controller.toml
+
+Config (TOML; every listen address explicit, loopback by default)::
+
+    [openflow]  host = "127.0.0.1"   port = 6653
+    [api]       host = "127.0.0.1"   port = 8470
+    [store]     path = "isolation-blocks.sqlite"
+    [safety]    allowlist = ["10.77.0.254", "192.168.0.0/24"]   max_per_minute = 30   max_blocked_share = 0.25
+
+A block installs, on every connected switch, drop rules at priority 60000 for the address as IPv4/IPv6 source and
+destination and for ARP from and to it, then waits for the switch's barrier reply before the API call returns.
+Blocks are re-installed whenever a switch (re)connects, and the store makes them survive a controller restart.
+os-ken 4.x runs on native threads (no eventlet, no monkey-patching), so the API's threads call the switch directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import math
+import queue
+import signal
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.lib.packet import ethernet, ether_types, packet
+from os_ken.ofproto import ofproto_v1_3
+
+log = logging.getLogger("sdn.controller")
+DROP_COOKIE = 0xB07D_EF00_0000_0001
+ALL_BITS = 0xFFFF_FFFF_FFFF_FFFF
+DROP_PRIORITY = 60000
+BARRIER_TIMEOUT = 2.0
+
+
+def drop_matches(parser, ip: str) -> list:
+    """OpenFlow matches for everything from and to ``ip`` (and its ARP, for IPv4)."""
+    if ipaddress.ip_address(ip).version == 6:
+        return [parser.OFPMatch(eth_type=0x86DD, ipv6_src=ip), parser.OFPMatch(eth_type=0x86DD, ipv6_dst=ip)]
+    return [parser.OFPMatch(eth_type=0x0800, ipv4_src=ip), parser.OFPMatch(eth_type=0x0800, ipv4_dst=ip),
+            parser.OFPMatch(eth_type=0x0806, arp_spa=ip), parser.OFPMatch(eth_type=0x0806, arp_tpa=ip)]  # fmt: skip
+
+
+class IsolationSwitch(app_manager.OSKenApp):
+    """Learning switch + the rule backend of :class:`sdn.isolation.IsolationService`."""
+
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.datapaths: dict[int, object] = {}
+        self.mac_to_port: dict[int, dict[str, int]] = {}
+        self.hosts_seen: set[str] = set()
+        self.lock = threading.Lock()
+        self.service = None  # set by start(); used to re-install blocks when a switch connects
+
+    # ---- switch life cycle and learning ----------------------------------------------------------------
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def _features(self, ev) -> None:
+        dp = ev.msg.datapath
+        parser, ofp = dp.ofproto_parser, dp.ofproto
+        actions = [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)]
+        dp.send_msg(parser.OFPFlowMod(datapath=dp, priority=0, match=parser.OFPMatch(),
+                                      instructions=[parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)]))
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state(self, ev) -> None:
+        dp = ev.datapath
+        with self.lock:
+            if ev.state == MAIN_DISPATCHER:
+                self.datapaths[dp.id] = dp
+            elif dp.id is not None and self.datapaths.get(dp.id) is dp:
+                del self.datapaths[dp.id]
+        if ev.state == MAIN_DISPATCHER and self.service is not None:
+            # never wait for a barrier inside an event handler: re-install from another thread
+            threading.Thread(target=self._reinstall, args=(dp.id,), daemon=True).start()
+        log.info("switch %s %s", dp.id, "connected" if ev.state == MAIN_DISPATCHER else "gone")
+
+    def _reinstall(self, dpid: int) -> None:
+        try:
+            count = self.service.reinstall()
+            log.info("switch %s: %d block(s) re-installed", dpid, count)
+        except Exception as err:  # the switch left again: its next connection retries
+            log.warning("switch %s: re-installing blocks failed: %s", dpid, err)
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev) -> None:
+        msg = ev.msg
+        dp = msg.datapath
+        parser, ofp = dp.ofproto_parser, dp.ofproto
+        in_port = msg.match["in_port"]
+        frame = packet.Packet(msg.data)
+        eth = frame.get_protocols(ethernet.ethernet)[0]
+        if eth.ethertype == ether_types.ETH_TYPE_LLDP:
+            return
+        with self.lock:
+            self.hosts_seen.add(eth.src)
+            table = self.mac_to_port.setdefault(dp.id, {})
+            table[eth.src] = in_port
+            out_port = table.get(eth.dst, ofp.OFPP_FLOOD)
+        actions = [parser.OFPActionOutput(out_port)]
+        if out_port != ofp.OFPP_FLOOD:
+            match = parser.OFPMatch(in_port=in_port, eth_dst=eth.dst, eth_src=eth.src)
+            dp.send_msg(parser.OFPFlowMod(datapath=dp, priority=1, match=match, idle_timeout=300,
+                                          instructions=[parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS,
+                                                                                     actions)]))  # fmt: skip
+        data = msg.data if msg.buffer_id == ofp.OFP_NO_BUFFER else None
+        dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=msg.buffer_id, in_port=in_port, actions=actions,
+                                        data=data))  # fmt: skip
+
+    # ---- the rule backend ------------------------------------------------------------------------------
+    def _switches(self) -> list:
+        with self.lock:
+            return list(self.datapaths.values())
+
+    def install(self, ip: str, ttl: float | None) -> None:
+        switches = self._switches()
+        if not switches:
+            raise ConnectionError("no switch is connected")
+        hard_timeout = 0 if ttl is None else min(int(math.ceil(ttl)), 65535)  # the switch's own safety net
+        for dp in switches:
+            parser = dp.ofproto_parser
+            for match in drop_matches(parser, ip):
+                dp.send_msg(parser.OFPFlowMod(datapath=dp, cookie=DROP_COOKIE, priority=DROP_PRIORITY, match=match,
+                                              hard_timeout=hard_timeout, instructions=[]))  # fmt: skip
+        for dp in switches:
+            self.barrier(dp)
+
+    def remove(self, ip: str) -> None:
+        switches = self._switches()
+        for dp in switches:
+            parser, ofp = dp.ofproto_parser, dp.ofproto
+            for match in drop_matches(parser, ip):
+                dp.send_msg(parser.OFPFlowMod(datapath=dp, command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY,
+                                              out_group=ofp.OFPG_ANY, match=match, cookie=DROP_COOKIE,
+                                              cookie_mask=ALL_BITS))  # fmt: skip
+        for dp in switches:
+            self.barrier(dp)
+
+    def known_hosts(self) -> int:
+        with self.lock:
+            return len(self.hosts_seen)
+
+    def barrier(self, dp, timeout: float = BARRIER_TIMEOUT) -> None:
+        """Send an OpenFlow barrier and wait for its reply: every earlier message has then been processed."""
+        from os_ken.app.ofctl import event as ofctl_event
+
+        request = ofctl_event.SendMsgRequest(msg=dp.ofproto_parser.OFPBarrierRequest(dp),
+                                             reply_cls=dp.ofproto_parser.OFPBarrierReply)  # fmt: skip
+        request.sync = True
+        request.reply_q = queue.Queue()
+        self.send_event("ofctl_service", request)
+        try:
+            request.reply_q.get(timeout=timeout)()
+        except queue.Empty:
+            raise TimeoutError(f"switch {dp.id}: no barrier reply within {timeout} s") from None
+
+
+@dataclass
+class ControllerConfig:
+    openflow_host: str = "127.0.0.1"
+    openflow_port: int = 6653
+    api_host: str = "127.0.0.1"
+    api_port: int = 8470
+    store: str = "isolation-blocks.sqlite"
+    allowlist: list[str] = field(default_factory=list)
+    max_per_minute: int = 30
+    max_blocked_share: float = 0.25
+    expire_every: float = 1.0
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "ControllerConfig":
+        data = tomllib.loads(Path(path).read_text())
+        known = {"openflow", "api", "store", "safety"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown section(s) {', '.join(unknown)}; accepted: {', '.join(sorted(known))}")
+        of, api, store, safety = (data.get(k, {}) for k in ("openflow", "api", "store", "safety"))
+        return cls(openflow_host=of.get("host", "127.0.0.1"), openflow_port=int(of.get("port", 6653)),
+                   api_host=api.get("host", "127.0.0.1"), api_port=int(api.get("port", 8470)),
+                   store=str(store.get("path", "isolation-blocks.sqlite")), allowlist=list(safety.get("allowlist", [])),
+                   max_per_minute=int(safety.get("max_per_minute", 30)),
+                   max_blocked_share=float(safety.get("max_blocked_share", 0.25)))  # fmt: skip
+
+
+class Controller:
+    """The running controller: os-ken apps on a daemon thread, the API server, the expiry timer."""
+
+    def __init__(self, config: ControllerConfig) -> None:
+        from os_ken import cfg
+
+        from sdn.api import IsolationAPI
+        from sdn.blocklist import BlockStore
+        from sdn.isolation import IsolationService
+        from sdn.safety import Allowlist, CircuitBreaker
+
+        self.config = config
+        cfg.CONF.set_override("ofp_listen_host", config.openflow_host)
+        cfg.CONF.set_override("ofp_tcp_listen_port", config.openflow_port)  # only this port (no 6633 as well)
+        self.manager = app_manager.AppManager.get_instance()
+        self.manager.load_apps(["sdn.controller", "os_ken.app.ofctl.service"])
+        contexts = self.manager.create_contexts()
+        ready = threading.Event()
+
+        def run_apps() -> None:
+            threads = self.manager.instantiate_apps(**contexts)
+            ready.set()
+            app_manager.hub.joinall(threads)
+
+        threading.Thread(target=run_apps, name="os-ken", daemon=True).start()  # daemon: the process can exit
+        if not ready.wait(10):
+            raise RuntimeError("os-ken apps did not start within 10 s")
+        self.switch: IsolationSwitch = app_manager.lookup_service_brick("IsolationSwitch")
+        self.service = IsolationService(BlockStore(config.store), self.switch, Allowlist(config.allowlist),
+                                        CircuitBreaker(config.max_per_minute, config.max_blocked_share))  # fmt: skip
+        self.switch.service = self.service
+        self.api = IsolationAPI(self.service, config.api_host, config.api_port,
+                                health=lambda: {"switches": len(self.switch._switches())}).start()  # fmt: skip
+        self._stop = threading.Event()
+        threading.Thread(target=self._expire_loop, name="isolation-expiry", daemon=True).start()
+        log.info("controller: OpenFlow on %s:%d, isolation API on http://%s:%d", config.openflow_host,
+                 config.openflow_port, *self.api.address)  # fmt: skip
+
+    def _expire_loop(self) -> None:
+        while not self._stop.wait(self.config.expire_every):
+            for block in self.service.expire():
+                log.info("block of %s expired and was lifted", block.ip)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.api.stop()
+        self.manager.close()
+        self.service.store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sdn.controller", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="TOML file (see the module docstring)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        controller = Controller(ControllerConfig.from_toml(args.config))
+    except (OSError, ValueError, tomllib.TOMLDecodeError) as err:
+        print(f"error: {err}")
+        return 2
+    signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        controller.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

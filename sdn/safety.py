@@ -2,7 +2,8 @@
 
 * :class:`Allowlist`: addresses and networks that can never be blocked (gateways, the controller, infrastructure);
 * :class:`CircuitBreaker`: refuses new blocks past ``max_per_minute`` in any sliding minute, or when blocking one
-  more host would put more than ``max_blocked_share`` of the known hosts behind blocks.
+  more host would put more than ``max_blocked_share`` of the known hosts behind blocks (1 or more: no share
+  limit, e.g. for a benchmark of many blocks).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ class CircuitBreaker:
     """Rate and share limits on new blocks; ``check`` before a block, ``record`` after one is made."""
 
     def __init__(self, max_per_minute: int = 30, max_blocked_share: float = 0.25, min_known_hosts: int = 8) -> None:
-        if max_per_minute < 1 or not 0.0 < max_blocked_share <= 1.0:
-            raise ValueError("max_per_minute must be >= 1 and max_blocked_share in (0, 1]")
+        if max_per_minute < 1 or max_blocked_share <= 0.0:
+            raise ValueError("max_per_minute must be >= 1 and max_blocked_share > 0 (1 or more: no share limit)")
         self.max_per_minute = max_per_minute
         self.max_blocked_share = max_blocked_share
         self.min_known_hosts = min_known_hosts  # below this many known hosts the share limit would refuse everything
@@ -57,7 +58,7 @@ class CircuitBreaker:
             return BreakerVerdict(False, f"circuit breaker: {len(self.recent)} blocks in the last minute "
                                          f"(limit {self.max_per_minute})")  # fmt: skip
         hosts = max(known_hosts, self.min_known_hosts)
-        if (blocked + 1) / hosts > self.max_blocked_share:
+        if self.max_blocked_share < 1.0 and (blocked + 1) / hosts > self.max_blocked_share:
             return BreakerVerdict(False, f"circuit breaker: blocking one more of {known_hosts} known hosts would put "
                                          f"{blocked + 1} behind blocks (limit {self.max_blocked_share:.0%})")  # fmt: skip
         return BreakerVerdict(True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -75,3 +76,42 @@ class FakeBackend:
 
     def known_hosts(self):
         return self.hosts
+
+
+RAW_FILE = "UNSW-NB15_1.first3000.csv"  # served by the gateway tests (its 98 attacks come from 4 hosts)
+TRAIN_FILE = "UNSW-NB15_1.first20000.csv"  # its rows after the first 3000 train the gateway tests' model
+
+
+@pytest.fixture(scope="session")
+def raw_checkpoint(data_dir, tmp_path_factory):
+    """A CNN-LSTM briefly trained on raw UNSW-NB15 flows (which carry IPs), saved as a run would save it."""
+    import torch
+
+    from flows.loader import load_file
+    from flows.pipeline import FeaturePipeline, PipelineConfig
+    from models.cnn_lstm import CNNLSTM
+    from models.training import train_torch_classifier
+
+    table = load_file("unsw-nb15-raw", data_dir / "unsw-nb15" / "raw" / TRAIN_FILE)
+    table = table.subset(list(range(3000, len(table))))  # not the rows of RAW_FILE, which the tests serve
+    pipeline = FeaturePipeline(PipelineConfig(nonfinite="error")).fit(table)
+    x_fit = pipeline.transform(table.frame)
+    y = table.frame["label"].to_numpy().astype(np.float32)
+    torch.manual_seed(0)
+    model = CNNLSTM(x_fit.shape[1])
+    train_torch_classifier(model, x_fit[:14000], y[:14000], x_fit[14000:], y[14000:], epochs=8, progress=False)
+    served = load_file("unsw-nb15-raw", data_dir / "unsw-nb15" / "raw" / RAW_FILE)
+    x = pipeline.transform(served.frame)
+    path = tmp_path_factory.mktemp("run") / "final.pt"
+    torch.save({"state_dict": model.state_dict(), "model_config": {"n_features": x.shape[1]},
+                "pipeline_state": pipeline.state_.to_json(), "round": 3}, path)  # fmt: skip
+    return path, model.eval(), x
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(raw_checkpoint, tmp_path_factory):
+    from gateway.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle")
+    export_bundle(raw_checkpoint[0], out)
+    return out

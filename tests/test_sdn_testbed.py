@@ -188,3 +188,33 @@ def test_the_hook_queues_while_the_controller_is_down_and_delivers_after(bed_and
     hook.emit(HostVerdict(host=h2.ip, action="release", time=1.0, flows=20, malicious=0))
     assert hook.pending() == 0 and reaches(h1, h2)
     hook.close()
+
+
+def test_closed_loop_a_bot_in_a_replayed_capture_is_cut_off(bed_and_controller, bundle_dir, data_dir, tmp_path):
+    """Real raw UNSW-NB15 records: one attacking host's flows replayed as h1's, one benign host's as h2's; the
+    gateway's verdicts go through the hook, and h1 is cut off while h2 and h3 keep talking."""
+    from conftest import RAW_FILE
+
+    bed, controller = bed_and_controller
+    h1, h2, h3 = bed.hosts
+    mapping = {"175.45.176.0": h1.ip, "59.166.0.3": h2.ip}  # a source of 28 attacks; a benign source of 325 flows
+    capture = []
+    for line in (data_dir / "unsw-nb15" / "raw" / RAW_FILE).read_text(encoding="utf-8-sig").splitlines():
+        fields = line.split(",")
+        if fields[0] in mapping:
+            capture.append(",".join([mapping[fields[0]], *fields[1:]]))
+    (tmp_path / "capture.csv").write_text("\n".join(capture) + "\n")
+    assert reaches(h1, h2)
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--bundle", str(bundle_dir), "--source",
+                           str(tmp_path / "capture.csv"), "--min-flows", "5", "--host-sink",
+                           f"sdn:{controller.url}?queue={tmp_path / 'queue.sqlite'}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    seconds = time.monotonic() - start
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(next(l for l in done.stderr.splitlines() if l.startswith("summary: "))[9:])
+    print(f"closed loop: {summary['scored']} flows scored, host verdicts {summary['host_verdicts']}, "
+          f"{seconds:.2f} s from starting the gateway to its exit with the block confirmed")
+    assert [b["ip"] for b in call(controller.url + "/blocks", "GET")[1]["blocks"]] == [h1.ip]
+    assert not reaches(h1, h2) and not reaches(h3, h1) and reaches(h2, h3)
+    assert call(controller.url + f"/blocks/{h1.ip}", "DELETE")[0] == 200 and reaches(h1, h2)

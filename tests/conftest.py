@@ -23,6 +23,19 @@ def data_dir_or_skip() -> Path:
     return Path(value)
 
 
+def skip_without_testbed() -> None:
+    """Skip (with a printed reason) when root or Open vSwitch is missing, outside CI; under CI=true, fail."""
+    from sdn.testbed import missing_requirements
+
+    problems = missing_requirements()
+    if problems:
+        reason = "test bed unavailable: " + "; ".join(problems)
+        if IN_CI:
+            pytest.fail(reason)
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return data_dir_or_skip()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI
-from sdn.testbed import NetworkBed, missing_requirements
+from conftest import skip_without_testbed
+from sdn.testbed import NetworkBed
 
 REPO = Path(__file__).resolve().parents[1]
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -96,13 +96,7 @@ def reaches(source, target, tcp: bool = False) -> bool:
 
 @pytest.fixture(scope="module")
 def bed_and_controller(tmp_path_factory):
-    problems = missing_requirements()
-    if problems:
-        reason = "test bed unavailable: " + "; ".join(problems)
-        if IN_CI:
-            pytest.fail(reason)
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+    skip_without_testbed()
     folder = tmp_path_factory.mktemp("sdn")
     controller = ControllerProcess(folder, allowlist=["10.78.0.3"]).start()
     bed = NetworkBed(prefix="bds", subnet="10.78.0", controller=f"tcp:127.0.0.1:{controller.of_port}",

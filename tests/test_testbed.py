@@ -10,19 +10,13 @@ import subprocess
 
 import pytest
 
-from conftest import IN_CI
-from sdn.testbed import NetworkBed, missing_requirements
+from conftest import skip_without_testbed
+from sdn.testbed import NetworkBed
 
 
 @pytest.fixture
 def bed(tmp_path):
-    problems = missing_requirements()
-    if problems:
-        reason = "test bed unavailable: " + "; ".join(problems)
-        if IN_CI:
-            pytest.fail(reason)
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
+    skip_without_testbed()
     testbed = NetworkBed(prefix="bdt", controller="tcp:127.0.0.1:1", state_dir=tmp_path / "ovs")  # no controller
     try:
         yield testbed.up()

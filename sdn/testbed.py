@@ -1,6 +1,8 @@
 """A private Open vSwitch test bed: one userspace bridge, hosts in network namespaces wired to it by veth pairs.
 
-    python -m sdn.testbed up --controller-port 6653     # prints the hosts; leaves them up
+    python -m sdn.testbed install                       # Debian packages (root) and os-ken from PyPI
+    python -m sdn.testbed up --controller-config controller.toml   # also starts the controller; prints the hosts
+    python -m sdn.testbed up --controller-port 6653     # a controller you run yourself
     python -m sdn.testbed down                          # removes everything the bed created, by name and pid
 
 Everything is named with a prefix (``bd`` by default: namespaces ``bd-h1``.., veths ``bdv-h1`` (host side) and
@@ -50,10 +52,27 @@ def missing_requirements() -> list[str]:
 
 
 def install_requirements() -> None:
-    """apt-get the Debian packages the bed needs (root only)."""
+    """apt-get the Debian packages the bed needs (root only) and pip-install os-ken if it is missing."""
     if any("not found" in p for p in missing_requirements()):
         run("apt-get", "install", "-y", "-q", "openvswitch-switch", "iproute2", "ethtool", "iputils-ping",
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+    try:
+        import os_ken  # noqa: F401
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "os-ken>=4,<5"], check=True, timeout=600)
+
+
+def start_controller(config: Path, state_dir: Path) -> int:
+    """``python -m sdn.controller --config config`` in the background; its pid goes to the bed's state folder."""
+    import tomllib
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = open(state_dir / "controller.log", "a")
+    process = subprocess.Popen([sys.executable, "-m", "sdn.controller", "--config", str(config)], stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    (state_dir / "controller.pid").write_text(str(process.pid))
+    port = int(tomllib.loads(config.read_text()).get("openflow", {}).get("port", 6653))
+    return port
 
 
 @dataclass
@@ -98,11 +117,12 @@ class NetworkBed:
     def ofctl(self, *args: str) -> str:
         return run("ovs-ofctl", "-O", "OpenFlow13", *args, env=self._env()).stdout
 
-    def up(self) -> "NetworkBed":
+    def up(self, clean: bool = True) -> "NetworkBed":
         problems = missing_requirements()
         if problems:
             raise BedError("; ".join(problems))
-        self.down()  # leftovers of an earlier bed with this prefix
+        if clean:
+            self.down()  # leftovers of an earlier bed with this prefix
         self.state_dir.mkdir(parents=True, exist_ok=True)
         env = self._env()
         db = self.state_dir / "conf.db"
@@ -154,7 +174,7 @@ class NetworkBed:
             name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
             if name.startswith((f"{self.prefix}p-h", f"{self.prefix}v-h")):
                 run("ip", "link", "delete", name, check=False)
-        for daemon in ("ovs-vswitchd", "ovsdb-server"):
+        for daemon in ("controller", "ovs-vswitchd", "ovsdb-server"):
             stop_pidfile(self.state_dir / f"{daemon}.pid")
         if self.state_dir.exists():
             shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -187,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="bd")
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--controller-port", type=int, default=6653)
+    parser.add_argument("--controller-config", type=Path, help="start python -m sdn.controller with this config")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
     args = parser.parse_args(argv)
     bed = NetworkBed(prefix=args.prefix, hosts_count=args.hosts, controller=f"tcp:127.0.0.1:{args.controller_port}",
@@ -195,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "install":
             install_requirements()
         elif args.command == "up":
-            bed.up()
+            bed.down()  # an earlier bed (and its controller)
+            if args.controller_config:
+                port = start_controller(args.controller_config, args.state_dir)
+                bed.controller = f"tcp:127.0.0.1:{port}"
+            bed.up(clean=False)
             for host in bed.hosts:
                 print(f"{host.name}: namespace {host.namespace}, {host.ip} ({host.mac}), bridge port {host.port}")
         else:

@@ -41,3 +41,45 @@ def test_hosts_talk_through_the_bridge_and_down_removes_everything(bed):
     assert leftovers("bdt") == [] and not bed.state_dir.exists()
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_the_cli_starts_the_controller_with_the_bed_and_down_stops_it(tmp_path):
+    """python -m sdn.testbed up --controller-config FILE / down, as the README demo runs it."""
+    import json
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import skip_without_testbed
+
+    skip_without_testbed()
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    config = tmp_path / "controller.toml"
+    config.write_text(f"[openflow]\nport = {ports[0]}\n[api]\nport = {ports[1]}\n[store]\npath = "
+                      f"\"{tmp_path / 'blocks.sqlite'}\"\n")  # fmt: skip
+    state = tmp_path / "bed"
+    base = [sys.executable, "-m", "sdn.testbed", "--prefix", "bdc", "--state-dir", str(state)]
+    try:
+        up = subprocess.run([*base[:3], "up", *base[3:], "--controller-config", str(config)], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+        assert up.returncode == 0, up.stderr
+        controller_pid = int((state / "controller.pid").read_text())
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline, switches = time.monotonic() + 20, 0
+        while time.monotonic() < deadline and switches < 1:
+            try:
+                switches = json.loads(opener.open(f"http://127.0.0.1:{ports[1]}/health", timeout=2).read())["switches"]
+            except OSError:
+                time.sleep(0.2)
+        assert switches == 1
+        ping = subprocess.run(["ip", "netns", "exec", "bdc-h1", "ping", "-c", "1", "-W", "1", "10.77.0.2"],
+                              capture_output=True, timeout=10)  # fmt: skip
+        assert ping.returncode == 0
+    finally:
+        subprocess.run([*base[:3], "down", *base[3:]], capture_output=True, timeout=60)
+    assert leftovers("bdc") == [] and not os.path.exists(f"/proc/{controller_pid}")

@@ -23,11 +23,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_STATE = Path(os.environ.get("BOTDEFENDER_TESTBED_DIR", "/tmp/botdefender-testbed"))
+DEFAULT_STATE = Path(os.environ.get("BOTDEFENDER_TESTBED_DIR", Path(tempfile.gettempdir()) / "botdefender-testbed"))
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 
 

@@ -188,8 +188,10 @@ def majority_cluster(vectors: np.ndarray, min_epsilon: float = 0.0) -> np.ndarra
     return labels == np.bincount(clustered).argmax()
 
 
-def view_scores(deltas: np.ndarray, config: ScreeningConfig) -> dict[str, np.ndarray]:
-    """Raw scores of every view for the (n, d) matrix of flattened updates."""
+def view_scores(deltas: np.ndarray, config: ScreeningConfig,
+                similarity: np.ndarray | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Raw scores of every view for the (n, d) matrix of flattened updates (``similarity``: each update's cosine
+    to its nearest other, when the caller has it already)."""
     n = len(deltas)
     scores = {
         "norm": np.linalg.norm(deltas, axis=1),
@@ -201,7 +203,7 @@ def view_scores(deltas: np.ndarray, config: ScreeningConfig) -> dict[str, np.nda
     if config.use_clustering:
         scores["cluster"] = majority_cluster(deltas, config.cosine_spread_floor).astype(np.float64)
     if config.use_isolation:
-        scores["isolation"] = nearest_twins(deltas)[1]
+        scores["isolation"] = nearest_twins(deltas)[1] if similarity is None else similarity
     return scores
 
 
@@ -252,8 +254,8 @@ class UpdateScreen:
         if deltas.shape[0] != n:
             raise ValueError(f"{n} clients but {deltas.shape[0]} updates")
         enough = n >= config.min_clients
-        scores = view_scores(deltas, config) if enough else {"norm": np.linalg.norm(deltas, axis=1)}
         twins, similarity = nearest_twins(deltas) if n >= 2 else (np.zeros(n, dtype=int), np.full(n, -1.0))
+        scores = view_scores(deltas, config, similarity) if enough else {"norm": np.linalg.norm(deltas, axis=1)}
         scores["similarity"] = similarity
         badness = view_badness(scores, config) if enough else {}
         decisions = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -73,8 +74,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"checkpoint not found: {path}")
+    raw = path.read_bytes()  # read once: hashed for the model version, then loaded
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises many kinds for a file that is not a checkpoint
         raise ExportError(f"{path} is not a readable checkpoint: {err}") from None
     missing = [k for k in ("state_dict", "model_config", "pipeline_state") if k not in data]
@@ -88,7 +90,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     pipeline = PipelineState.from_json(data["pipeline_state"])
     if pipeline.n_outputs != n_features:
         raise ExportError(f"{path}: the pipeline encodes {pipeline.n_outputs} features, the model reads {n_features}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256(raw).hexdigest()
     return Checkpoint(model=model, pipeline=pipeline, round=int(data.get("round", 0)), path=path, digest=digest)
 
 

@@ -44,15 +44,18 @@ ATTACKS = ["label_flip", "targeted_label_flip", "backdoor", "sign_flip", "gaussi
 DEFENCES = ["fedavg", "fedmedian", "fedtrimmedavg", "krum", "fltrust", "flame", "centered_clipping", "screening"]
 REPORTED = [*DEFENCES[:4], "multikrum", "bulyan", *DEFENCES[4:]]  # column order of the table
 ASSUMED_MALICIOUS = 0.3
+REFERENCE = "absent"  # FedAvg with the would-be attackers sitting out: the honest clients' own F1 (a reference)
+WITHIN = {0.2: 2.0, 0.3: 5.0}  # issue 4's targets: screening F1 within this many points of attack-free FedAvg
+PR_TARGET_ATTACKS = ("sign_flip", "gaussian_noise", "scaling", "label_flip")  # precision and recall >= 0.9
 log = logging.getLogger("benchmarks.poisoning")
 
 
-def sweep_command(args: argparse.Namespace) -> list[str]:
-    """The Hydra multirun of the grid (first override slowest: every attack at 20% before any at 30%)."""
+def sweep_command(args: argparse.Namespace, attacks: list[str], defences: list[str]) -> list[str]:
+    """The Hydra multirun of a grid (first override slowest: every attack at 20% before any at 30%)."""
     command = [sys.executable, "-m", "simulation", "-m",
                "attack.fraction=" + ",".join(f"{f:g}" for f in args.fractions),
-               "attack=" + ",".join(dict.fromkeys(["none", *args.attacks])),
-               "strategy=" + ",".join(args.defences),
+               "attack=" + ",".join(dict.fromkeys(["none", *attacks])),
+               "strategy=" + ",".join(defences),
                f"strategy.assumed_malicious={ASSUMED_MALICIOUS}", "partition.n_clients=20",
                f"simulation.num_rounds={args.rounds}", "simulation.local_epochs=1",
                f"simulation.root_size={args.root_size}", f"seed={args.seed}", "simulation.skip_done=true",
@@ -106,8 +109,15 @@ def _terminate(signum: int, frame) -> None:
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    """Run the multirun (streaming its per-round lines), then collect the cells; returns its exit status."""
-    command = sweep_command(args)
+    """The attack x defence multirun, then (unless ``--no-reference``) the honest-only FedAvg reference."""
+    status = run_sweep(args, sweep_command(args, args.attacks, args.defences))
+    if args.reference:
+        status = run_sweep(args, sweep_command(args, [REFERENCE], ["fedavg"])) or status
+    return status
+
+
+def run_sweep(args: argparse.Namespace, command: list[str]) -> int:
+    """Run one multirun (streaming its per-round lines), then collect the cells; returns its exit status."""
     log.info("sweep: %s", " ".join(command[1:]))
     signal.signal(signal.SIGTERM, _terminate)
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as sweep:
@@ -150,9 +160,11 @@ def report(cells: list[dict], results: Path) -> str:
                 continue
             extra = c.get("backdoor_success", c.get("targeted_recall"))
             cells_text.append(f"{100 * c['f1']:.1f}" + (f" ({100 * extra:.0f}%)" if extra is not None else ""))
-        lines.append(f"| {attack} | {fraction:g} | " + " | ".join(cells_text) + " |")
-    means = {d: statistics.mean(c["f1"] for c in ok if c["defence"] == d and c["attack"] != "none")
-             for d in defences if any(c["defence"] == d and c["attack"] != "none" for c in ok)}  # fmt: skip
+        label = f"{attack} (reference: honest clients only)" if attack == REFERENCE else attack
+        lines.append(f"| {label} | {fraction:g} | " + " | ".join(cells_text) + " |")
+    attacked = [c for c in ok if c["attack"] not in ("none", REFERENCE)]
+    means = {d: statistics.mean(c["f1"] for c in attacked if c["defence"] == d)
+             for d in defences if any(c["defence"] == d for c in attacked)}  # fmt: skip
     lines += ["", "Mean clean F1 over the finished attack cells: " +
               ", ".join(f"{d} {100 * m:.2f}" for d, m in sorted(means.items(), key=lambda kv: -kv[1]))]  # fmt: skip
     screened = [c for c in ok if c["defence"] == "screening" and "benign_excluded_per_round" in c]
@@ -163,6 +175,7 @@ def report(cells: list[dict], results: Path) -> str:
         for c in sorted(screened, key=lambda c: (c["attack"], c["fraction"])):
             lines.append(f"| {c['attack']} | {c['fraction']:g} | {_fmt(c.get('screening_precision'))} | "
                          f"{_fmt(c.get('screening_recall'))} | {c.get('benign_excluded_per_round', 0.0):.2f} |")  # fmt: skip
+    lines += targets(grid, baseline, means)
     failed = [c for c in cells if "error" in c]
     if failed:
         lines.append(f"\n{len(failed)} cell(s) failed: " + "; ".join(c["error"][:120] for c in failed[:5]))
@@ -170,6 +183,48 @@ def report(cells: list[dict], results: Path) -> str:
         heatmap(grid, rows, defences, results / "heatmap.png")
         lines += ["", f"![attack x defence heatmap]({_relative(results / 'heatmap.png')})"]
     return "\n".join(lines) + "\n"
+
+
+def targets(grid: dict, baseline: float | None, means: dict[str, float]) -> list[str]:
+    """Issue 4's targets against the finished cells, one line each (met / missed, with the numbers)."""
+    screening = {(a, f): c for (a, f, d), c in grid.items() if d == "screening" and a not in ("none", REFERENCE)}
+    if not screening or baseline is None:
+        return []
+    lines = ["", "Against the targets (screening; attack-free FedAvg " f"{100 * baseline:.2f}):", ""]
+    for fraction, points in WITHIN.items():
+        row = {a: c for (a, f), c in screening.items() if f == fraction}
+        if not row:
+            continue
+        worst = min(row.values(), key=lambda c: c["f1"])
+        inside = [a for a, c in row.items() if 100 * (baseline - c["f1"]) <= points]
+        reference = grid.get((REFERENCE, fraction, "fedavg"))
+        lines.append(f"- {fraction:.0%} attackers, F1 within {points:g} points under every attack: "
+                     f"{'met' if len(inside) == len(row) else 'missed'} ({len(inside)} of {len(row)} attacks; "
+                     f"lowest {100 * worst['f1']:.1f} under {worst['attack']})"
+                     + ("" if reference is None else f"; FedAvg over the honest clients alone: "
+                        f"{100 * reference['f1']:.1f}") + ".")  # fmt: skip
+    for (attack, fraction), c in sorted(screening.items()):
+        if attack == "backdoor":
+            success = c.get("backdoor_success")
+            lines.append(f"- backdoor success at most 5% ({fraction:.0%}): "
+                         f"{'met' if success is not None and success <= 0.05 else 'missed'} ({_pct(success)}).")  # fmt: skip
+    for (attack, fraction), c in sorted(screening.items()):
+        if attack in PR_TARGET_ATTACKS:
+            p, r = c.get("screening_precision"), c.get("screening_recall")
+            met = p is not None and r is not None and p >= 0.9 and r >= 0.9
+            lines.append(f"- precision and recall >= 0.9 against {attack} ({fraction:.0%}): "
+                         f"{'met' if met else 'missed'} ({_fmt(p)} / {_fmt(r)}).")  # fmt: skip
+    if "screening" in means:
+        rivals = {d: m for d, m in means.items() if d in ("krum", "fedmedian", "fedtrimmedavg")}
+        above = all(means["screening"] > m for m in rivals.values())
+        lines.append(f"- mean F1 above Krum, FedMedian and FedTrimmedAvg: {'met' if above and rivals else 'missed'} "
+                     f"(screening {100 * means['screening']:.2f}; " +
+                     ", ".join(f"{d} {100 * m:.2f}" for d, m in rivals.items()) + ").")  # fmt: skip
+    return lines
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
 
 
 def _relative(path: Path) -> str:
@@ -213,6 +268,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="folder of runs/, cells/ and the heatmap; README.md is updated only for the default")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--no-reference", dest="reference", action="store_false",
+                        help=f"skip the reference runs (attack={REFERENCE}, FedAvg over the honest clients alone)")
     args = parser.parse_args()
     args.results = args.results.resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

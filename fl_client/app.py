@@ -121,6 +121,9 @@ def train(msg: Message, context: Context) -> Message:
     partition_id = int(context.node_config.get("partition-id", -1))
     server_round = int(config.get("server-round", 0))
     attack = _malicious_attack(context, server_round)
+    if attack is not None and attack.name == "absent":
+        log.info("client %d: absent (reference run: sits round %d out)", partition_id, server_round)
+        return Message(content=absent_reply(msg.content["arrays"], partition_id), reply_to=msg)
     data_attack = attack if attack is not None and attack.name in DATA_ATTACKS else None
     m = client_matrices(context.run_config, context.node_config, str(config["pipeline-state"]), data_attack)
     started = time.perf_counter()
@@ -140,6 +143,14 @@ def train(msg: Message, context: Context) -> Message:
                             "smote-rows": int(m.n_synthetic), "partition-id": partition_id,
                             "train-seconds": time.perf_counter() - started})  # fmt: skip
     return Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+
+
+def absent_reply(broadcast: ArrayRecord, partition_id: int) -> RecordDict:
+    """The ``absent`` reference's reply: the broadcast weights back, untrained, with weight ``num-examples`` 0, so
+    that example-weighted aggregation (FedAvg) averages the other clients only."""
+    metrics = MetricRecord({"num-examples": 0, "train_loss": 0.0, "smote-rows": 0, "partition-id": partition_id,
+                            "train-seconds": 0.0})  # fmt: skip
+    return RecordDict({"arrays": broadcast, "metrics": metrics})
 
 
 @app.evaluate()

@@ -259,3 +259,24 @@ def test_a_malicious_clients_data_attack_poisons_its_fit_rows_only(data_dir):
     n_copies = int(round(0.5 * clean.y_fit.sum()))
     assert len(poisoned.X_fit) == len(clean.X_fit) + n_copies and poisoned.n_real == clean.n_real
     assert (poisoned.y_fit[len(clean.X_fit):] == 0).all()
+
+
+def test_absent_reference_clients_drop_out_of_fedavg_exactly():
+    """The ``absent`` reference: its clients' replies carry weight 0, so FedAvg equals FedAvg over the others."""
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    from fl_client.app import absent_reply
+
+    rng = np.random.default_rng(0)
+    def weights() -> ArrayRecord:
+        return ArrayRecord({"w": Array(rng.normal(size=(3, 4)).astype(np.float32))})
+
+    broadcast = weights()
+    honest = [RecordDict({"arrays": weights(),
+                          "metrics": MetricRecord({"num-examples": n})}) for n in (10, 30)]  # fmt: skip
+    reply = absent_reply(broadcast, partition_id=5)
+    assert reply["metrics"]["num-examples"] == 0 and reply["metrics"]["partition-id"] == 5
+    with_absent = aggregate_arrayrecords([*honest, reply], "num-examples")["w"].numpy()
+    np.testing.assert_allclose(with_absent, aggregate_arrayrecords(honest, "num-examples")["w"].numpy())
+    assert not np.allclose(with_absent, broadcast["w"].numpy())

@@ -16,7 +16,10 @@ import numpy as np
 DATA_ATTACKS = ("label_flip", "targeted_label_flip", "backdoor")
 UPDATE_ATTACKS = ("sign_flip", "gaussian_noise", "scaling", "alie", "ipm", "min_max", "min_sum")
 NEEDS_BENIGN = ("alie", "ipm", "min_max", "min_sum")  # estimate benign updates (see fl_client.attacks.client)
-ATTACKS = ("none", *DATA_ATTACKS, *UPDATE_ATTACKS)
+# Not an attack: a reference. The chosen partitions sit the training out (see fl_client.app), so that FedAvg
+# under it is FedAvg over the honest clients alone, the best any defence can do by excluding the attackers.
+REFERENCES = ("absent",)
+ATTACKS = ("none", *DATA_ATTACKS, *UPDATE_ATTACKS, *REFERENCES)
 
 
 @dataclass(frozen=True)

@@ -47,20 +47,22 @@ class UnrolledCNNLSTM(nn.Module):
         return torch.sigmoid(o) * torch.tanh(c_new), c_new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.pool(self.act(self.norm(self.conv(x.unsqueeze(1))))).transpose(1, 2)  # (B, T, C)
-        steps = [h[:, t, :] for t in range(h.shape[1])]
+        sequence = self.pool(self.act(self.norm(self.conv(x.unsqueeze(1))))).permute(2, 0, 1)  # (T, B, C)
+        steps = list(sequence.unbind(0))
         for layer in self.layers:
-            projected = layer["input"](torch.stack(steps, dim=1))  # (B, T, 4H): one matmul for all steps
+            # Time-major: one matmul projects every step, and step t is the contiguous block projected[t]
+            # (batch-major slices were strided copies; time-major measured faster in benchmarks/edge.py's setting).
+            projected = layer["input"](torch.stack(steps, dim=0))  # (T, B, 4H)
             hidden, cell, outputs = None, None, []
             for t in range(len(steps)):
-                gates = projected[:, t, :] if hidden is None else projected[:, t, :] + layer["recurrent"](hidden)
+                gates = projected[t] if hidden is None else projected[t] + layer["recurrent"](hidden)
                 hidden, cell = self._cell(gates, cell)
                 outputs.append(hidden)
             steps = outputs
         if self.readout == "max":
-            summary = torch.stack(steps, dim=1).amax(dim=1)
+            summary = torch.stack(steps, dim=0).amax(dim=0)
         elif self.readout == "mean":
-            summary = torch.stack(steps, dim=1).mean(dim=1)
+            summary = torch.stack(steps, dim=0).mean(dim=0)
         else:
             summary = steps[-1]
         return self.out(self.fc_act(self.fc1(summary))).squeeze(-1)

@@ -151,10 +151,16 @@ def quantize(fp32: bytes, mode: str, calibration: np.ndarray | None = None) -> b
 def strip_strings(model: bytes) -> bytes:
     """``model`` without its tensor and subgraph names, description and signature defs (LiteRT's own
     ``flatbuffer_utils.strip_strings``): the unrolled graph's hundreds of tensor names were about 15% of each
-    file. The runtime addresses the input and output by index, so nothing it reads is lost."""
+    file. The runtime addresses the input and output by index, so nothing it reads is lost. Buffers that the
+    quantizer stored after the flatbuffer (by offset, as it does for larger models) are moved back inside, since
+    re-serializing the flatbuffer drops whatever follows it."""
     from ai_edge_litert.tools import flatbuffer_utils
 
     flat = flatbuffer_utils.convert_bytearray_to_object(model)
+    for buffer in flat.buffers:
+        if buffer.offset and buffer.offset > 1:  # offset 1 / size 1 is the converter's "no data" marker
+            buffer.data = np.frombuffer(model, np.uint8, buffer.size, buffer.offset).copy()
+            buffer.offset, buffer.size = 0, 0
     flatbuffer_utils.strip_strings(flat)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(flat))
 

@@ -110,6 +110,33 @@ def test_the_unrolled_export_form_computes_what_the_model_computes(layers, reado
         assert torch.allclose(UnrolledCNNLSTM(model)(x), model(x), atol=1e-5)
 
 
+def test_stripping_names_keeps_every_weight_even_ones_stored_after_the_flatbuffer():
+    """A wide model's int8 file keeps its weights after the flatbuffer (by offset); stripping must keep them."""
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from gateway.export import convert_fp32, quantize, strip_strings
+    from models.cnn_lstm import CNNLSTM
+
+    torch.manual_seed(0)
+    model = CNNLSTM(60, conv_channels=128, lstm_hidden=256, dense=128).eval()
+    int8 = quantize(convert_fp32(model, 4), "dynamic")
+    offsets = [b.offset for b in flatbuffer_utils.convert_bytearray_to_object(int8).buffers if (b.offset or 0) > 1]
+    assert offsets, "the quantizer no longer stores buffers by offset: this test lost its subject"
+    stripped = strip_strings(int8)
+    assert not any(t.name for t in flatbuffer_utils.convert_bytearray_to_object(stripped).subgraphs[0].tensors)
+    x = np.random.default_rng(0).normal(size=(4, 60)).astype(np.float32)
+    outputs = []
+    for content in (int8, stripped):
+        interpreter = Interpreter(model_content=content)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy())
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
 BLOCKER = """
 import importlib.abc, sys
 class Blocker(importlib.abc.MetaPathFinder):

@@ -55,6 +55,8 @@ class ScreeningConfig:
     reputation_decay: float = 0.6  # weight of the past in the moving averages (reputation, alignment)
     reputation_floor: float = 0.7  # below this a client stays rejected until it earns trust back (with decay
     # 0.6: a single flagged round costs nothing more; after two, a client needs two clean rounds to return)
+    reputation_recovery: float | None = None  # weight of the past when a round is clean (None: reputation_decay);
+    # above reputation_decay, trust is lost faster than it is regained
     reference: str = "majority"  # cosine reference: "majority" (see majority_reference) or "median" (coordinate-wise)
     krum_on_directions: bool = True  # Krum score over unit vectors (direction only; the norm view sees size)
     log_norm: bool = True  # norm view on log norms (honest norms spread multiplicatively with data size); a
@@ -87,6 +89,8 @@ class ScreeningConfig:
             raise ValueError(f"reference must be one of {REFERENCES}, got {self.reference!r}")
         if not 0.0 <= self.reputation_decay < 1.0:
             raise ValueError(f"reputation_decay must be in [0, 1), got {self.reputation_decay}")
+        if self.reputation_recovery is not None and not 0.0 <= self.reputation_recovery < 1.0:
+            raise ValueError(f"reputation_recovery must be in [0, 1), got {self.reputation_recovery}")
 
 
 @dataclass
@@ -265,7 +269,10 @@ class UpdateScreen:
             extreme_norm = mine.get("norm", 0.0) >= 2 * config.z_threshold and config.log_norm
             clean_round = len(flagged) < config.min_votes and not extreme_norm
             previous = self.reputation.get(client, 1.0)
-            reputation = config.reputation_decay * previous + (1 - config.reputation_decay) * float(clean_round)
+            past = config.reputation_decay
+            if clean_round and config.reputation_recovery is not None:
+                past = config.reputation_recovery
+            reputation = past * previous + (1 - past) * float(clean_round)
             self.reputation[client] = reputation
             rejections = []
             if not clean_round:

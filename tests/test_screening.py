@@ -89,6 +89,22 @@ def test_reputation_keeps_a_repeat_offender_out_for_a_round_after_it_behaves():
     assert not decisions[9].accepted and "reputation" in decisions[9].reasons[0]
 
 
+def test_a_slower_recovery_keeps_an_offender_out_while_losing_trust_at_the_same_pace():
+    rng = np.random.default_rng(2)
+    config = ScreeningConfig(reputation_decay=0.6, reputation_recovery=0.8, reputation_floor=0.7,
+                             alignment_memory=False)  # fmt: skip
+    screen = UpdateScreen(config)
+    updates, _ = benign_updates(10, rng)
+    updates[9] *= -1
+    decisions, _ = screen.screen(list(range(10)), updates)
+    assert decisions[9].reputation == pytest.approx(0.6)  # a bad round: the decay, as without the option
+    decisions, _ = screen.screen(list(range(10)), benign_updates(10, rng)[0])
+    assert decisions[9].reputation == pytest.approx(0.8 * 0.6 + 0.2)  # 0.68: still out (0.76 with decay 0.6)
+    assert not decisions[9].accepted
+    with pytest.raises(ValueError, match="reputation_recovery"):
+        ScreeningConfig(reputation_recovery=1.0)
+
+
 def test_accepted_updates_are_clipped_to_the_median_accepted_norm_when_asked():
     rng = np.random.default_rng(2)
     updates, _ = benign_updates(10, rng)

@@ -255,20 +255,29 @@ def test_host_windows_isolate_and_release_with_hysteresis():
 
 
 @pytest.mark.slow
-def test_a_fresh_gateway_environment_serves_without_torch(bundle_dir, data_dir, tmp_path):
-    """pip install '.[gateway]' into a new virtualenv (ai-edge-litert + numpy), then serve from it."""
+@pytest.mark.parametrize("litert", [None, "1.4.0"], ids=["newest-litert", "litert-1.4.0"])
+def test_a_fresh_gateway_environment_serves_without_torch(bundle_dir, data_dir, tmp_path, litert):
+    """pip install '.[gateway]' into a new virtualenv (ai-edge-litert + numpy), then serve from it; also with the
+    oldest ai-edge-litert the extra allows (1.4.0: the newest with aarch64 wheels on the registry here), whose
+    verdicts must equal those of the export environment's interpreter."""
     env_dir = tmp_path / "gateway-env"
     subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, timeout=120)
     python = env_dir / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"{REPO}[gateway]"], capture_output=True,
-                             text=True, timeout=900)  # fmt: skip
+    pinned = [f"ai-edge-litert=={litert}"] if litert else []
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"{REPO}[gateway]", *pinned],
+                             capture_output=True, text=True, timeout=900)  # fmt: skip
     assert install.returncode == 0, install.stderr[-2000:]
     listed = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True,
                             check=True).stdout  # fmt: skip
-    installed = {p["name"].lower() for p in json.loads(listed)}
-    assert "ai-edge-litert" in installed and not installed & {"torch", "flwr", "scikit-learn", "pandas"}
-    done = subprocess.run([str(python), "-m", "gateway", "serve", "--bundle", str(bundle_dir), "--source",
-                           str(data_dir / "unsw-nb15" / "raw" / RAW_FILE), "--host-sink", ""], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    installed = {p["name"].lower(): p["version"] for p in json.loads(listed)}
+    assert "ai-edge-litert" in installed and not set(installed) & {"torch", "flwr", "scikit-learn", "pandas"}
+    assert litert is None or installed["ai-edge-litert"] == litert
+    serve = ["-m", "gateway", "serve", "--bundle", str(bundle_dir), "--source",
+             str(data_dir / "unsw-nb15" / "raw" / RAW_FILE), "--host-sink", ""]  # fmt: skip
+    done = subprocess.run([str(python), *serve], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert _summary(done.stderr)["scored"] == 3000
+    reference = subprocess.run([sys.executable, *serve], cwd=REPO, capture_output=True, text=True, timeout=300)
+    verdicts = [(v["src"], v["dst"], v["verdict"]) for v in map(json.loads, done.stdout.splitlines())]
+    expected = [(v["src"], v["dst"], v["verdict"]) for v in map(json.loads, reference.stdout.splitlines())]
+    assert len(verdicts) == 3000 and verdicts == expected

@@ -60,3 +60,15 @@ def test_a_sweep_records_failed_jobs_skips_finished_ones_and_exits_1(tmp_path, d
         assert "alpha" in (tmp_path / f"alpha_{alpha}" / "error.txt").read_text()
         assert not (tmp_path / f"alpha_{alpha}" / "flwr-home").exists()
     assert "2 job(s) failed" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_every_attack_file_composes_into_a_valid_attack_config():
+    from simulation.federated import attack_config
+
+    names = sorted(p.stem for p in (Path(CONF_DIR) / "attack").glob("*.yaml"))
+    assert "absent" in names and "sign_flip" in names
+    for name in names:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("federated", overrides=[f"attack={name}"])
+        attack = attack_config(cfg)
+        assert attack.name == name and attack.start_round == 1, name

@@ -9,7 +9,8 @@ rows the server evaluated on, re-derived from the run's settings; never seen in 
 * F1 and accuracy of the PyTorch model (after pruning), the fp32 .tflite and the int8 .tflite, and the share of
   flows on which each .tflite gives the PyTorch verdict;
 * the model files' sizes, and the fp32 and int8 halves of the bundle (raw and gzip -9);
-* one thread: the default (int8) model's throughput at batch 1 and 256 (flows per second, encoded rows in,
+* one thread, in a separate process that imports only what the gateway imports (no torch): the default (int8)
+  model's throughput at batch 1 and 256 (flows per second, encoded rows in,
   probabilities out; the fp32 model's at batch 256 beside it),
   the latency of one flow from its raw record to its verdict (parse, encode, infer; p50 and p99), and the verdict
   service end to end on the UNSW-NB15 testing CSV (read, encode, infer, write JSON lines to /dev/null); each
@@ -173,8 +174,19 @@ def bench_sparsity(checkpoint: Path, sparsity: float, rows, labels, test_csv: Pa
                            "agreement": float(np.mean((probabilities >= threshold) == (reference >= threshold))),
                            "max_abs_diff": float(np.abs(probabilities - reference).max())}  # fmt: skip
     result["sizes"] = sizes(bundle_dir, manifest)
-    result["speed"] = speed(bundle, rows, test_csv, repeats)
+    result["speed"] = speed_in_gateway_process(bundle_dir, rows, test_csv, repeats)
     return result
+
+
+def speed_in_gateway_process(bundle_dir: Path, rows: np.ndarray, test_csv: Path, repeats: int) -> dict:
+    """:func:`speed` in a fresh process that imports what the gateway imports (numpy, LiteRT), not torch: the
+    export's torch threads and memory stay out of the timing, as they are out of a real gateway."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "rows.npy", rows)
+        done = subprocess.run([sys.executable, __file__, "--speed-only", str(bundle_dir), str(Path(tmp) / "rows.npy"),
+                               "--test-csv", str(test_csv), "--repeats", str(repeats)],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def report(results: dict) -> str:
@@ -207,13 +219,23 @@ def report(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a run's final.pt (its metrics.json beside)")
+    parser.add_argument("--checkpoint", type=Path, help="a run's final.pt (its metrics.json beside)")
     parser.add_argument("--sparsity", type=float, nargs="+", default=[0.0, 0.5])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--test-csv", type=Path, help="flows for the service run (default: UNSW-NB15 testing set)")
     parser.add_argument("--skip-env", action="store_true", help="skip the fresh '.[gateway]' virtualenv")
+    parser.add_argument("--speed-only", nargs=2, metavar=("BUNDLE", "ROWS_NPY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.speed_only:  # the child of speed_in_gateway_process: print the speed figures as one JSON line
+        from gateway.bundle import load_bundle
+
+        bundle, rows = load_bundle(Path(args.speed_only[0])), np.load(args.speed_only[1])
+        figures = speed(bundle, rows, args.test_csv, args.repeats)
+        print(json.dumps({**figures, "torch_loaded": "torch" in sys.modules}))
+        return
+    if args.checkpoint is None:
+        parser.error("--checkpoint is required")
     if not (args.checkpoint.parent / "metrics.json").is_file():
         raise SystemExit(f"error: {args.checkpoint.parent / 'metrics.json'} not found: pass a run's checkpoint")
     from flows.loader import resolve_data_dir

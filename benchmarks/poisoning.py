@@ -165,8 +165,10 @@ def report(cells: list[dict], results: Path) -> str:
     attacked = [c for c in ok if c["attack"] not in ("none", REFERENCE)]
     means = {d: statistics.mean(c["f1"] for c in attacked if c["defence"] == d)
              for d in defences if any(c["defence"] == d for c in attacked)}  # fmt: skip
-    lines += ["", "Mean clean F1 over the finished attack cells: " +
-              ", ".join(f"{d} {100 * m:.2f}" for d, m in sorted(means.items(), key=lambda kv: -kv[1]))]  # fmt: skip
+    counts = {d: sum(c["defence"] == d for c in attacked) for d in means}
+    lines += ["", "Mean clean F1 over the finished attack cells (cells per defence in brackets; compare defences "
+              "over the same cells only): " + ", ".join(f"{d} {100 * m:.2f} ({counts[d]})" for d, m in
+                                                        sorted(means.items(), key=lambda kv: -kv[1]))]  # fmt: skip
     screened = [c for c in ok if c["defence"] == "screening" and "benign_excluded_per_round" in c]
     if screened:
         lines += ["", "The screening's verdicts: precision and recall at catching the attackers (means over the rounds), "

@@ -104,22 +104,33 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def root_passes(client_examples: int, root_size: int, batch_size: int, epochs: int) -> int:
+    """Passes over the root set that take about as many optimiser steps as ``epochs`` over a client's rows."""
+    client_steps = epochs * math.ceil(max(client_examples, 1) / batch_size)
+    return max(1, round(client_steps / math.ceil(max(root_size, 1) / batch_size)))
+
+
 def root_update_fn(run_config, state: PipelineState, arch: dict):
-    """FLTrust's server update: the global model trained on the server's root dataset like a client would
-    (one round's local epochs and learning rate); None when the run has no root dataset."""
+    """FLTrust's server update: the global model trained on the server's root dataset for as many local steps as
+    a client of the round takes (Cao et al., NDSS 2021, Algorithm 1: same local iterations, batch size and
+    learning rate), that is enough passes over the small root set to match the round's median client size; None
+    when the run has no root dataset. (One pass over 200 root records is 4 steps against a client's ~50: the
+    server update, whose norm FLTrust scales every client update to, was then ~10x too short and the global
+    model barely moved.)"""
     settings = DataSettings.from_run_config(run_config)
     if settings.root_size <= 0:
         return None
     root = server_root(settings)
     X, y = state.transform(root.frame), root.frame[LABEL].to_numpy(dtype=np.int64)
+    batch_size, epochs = int(run_config.get("batch-size", 64)), int(run_config.get("local-epochs", 1))
     calls = {"n": 0}
 
-    def update(global_arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def update(global_arrays: dict[str, np.ndarray], client_examples: int) -> dict[str, np.ndarray]:
         calls["n"] += 1
+        passes = root_passes(client_examples, len(X), batch_size, epochs)
         model = CNNLSTM(**arch)
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in global_arrays.items()})
-        train_local(model, X, y, epochs=int(run_config.get("local-epochs", 1)),
-                    batch_size=int(run_config.get("batch-size", 64)), lr=round_lr(run_config, calls["n"]),
+        train_local(model, X, y, epochs=passes, batch_size=batch_size, lr=round_lr(run_config, calls["n"]),
                     seed=int(run_config.get("seed", 0)) * 7 + calls["n"])  # fmt: skip
         return {k: v.detach().numpy() for k, v in model.state_dict().items()}
 

@@ -2,8 +2,10 @@
 
 FedAvg's sampling, configuration and metric averaging, behind the deterministic mixin; only the weighted mean
 of the weights is replaced. Malformed replies are rejected first (:mod:`strategies.reply_checks`). FLTrust needs
-the server's own update on its root dataset: ``server_update_fn(global arrays) -> trained arrays`` is given by
-the ServerApp, which owns the model (this package never imports it).
+the server's own update on its root dataset: ``server_update_fn(global arrays, client examples) -> trained
+arrays`` is given by the ServerApp, which owns the model (this package never imports it); ``client examples``
+is the median ``num-examples`` of the round's replies, so that the server can take as many local steps as a
+client does (FLTrust, Algorithm 1: the server update uses the clients' local iterations).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from strategies.updates import collect_updates, flatten, unflatten
 
 log = logging.getLogger(__name__)
 AGGREGATORS = ("fltrust", "flame", "centered_clipping")
-ServerUpdateFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+ServerUpdateFn = Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]]
 
 
 class RobustAggregation(DeterministicMixin, FedAvg):
@@ -57,7 +59,8 @@ class RobustAggregation(DeterministicMixin, FedAvg):
             return None, None
         rng = np.random.default_rng([self.seed, server_round, 0xF1A])
         if self.aggregator == "fltrust":
-            trained = self.server_update_fn(self._global)  # type: ignore[misc]
+            examples = int(np.median([r.content["metrics"][self.weighted_by_key] for r in batch.replies]))
+            trained = self.server_update_fn(self._global, examples)  # type: ignore[misc]
             server_update = flatten(trained, batch.names) - batch.base
             update, admitted = defences.fltrust(batch.deltas, server_update)
         elif self.aggregator == "flame":

@@ -102,7 +102,7 @@ def test_every_configured_strategy_builds_and_aggregates():
         assert cfg.strategy.name == name
         strategy = build_strategy(name, strategy_params(cfg), n_nodes=n,
                                   node_ranks={node: i for i, node in enumerate(node_ids)},
-                                  server_update_fn=lambda g: {k: v + 0.01 for k, v in g.items()})  # fmt: skip
+                                  server_update_fn=lambda g, n: {k: v + 0.01 for k, v in g.items()})  # fmt: skip
         sent = strategy.configure_train(1, _arrays(np.zeros(50, np.float32)), ConfigRecord(), FakeGrid(node_ids))
         assert len(list(sent)) == n
         replies = [_reply(node, rng.normal(size=50).astype(np.float32), 100) for node in node_ids]
@@ -159,3 +159,21 @@ def test_screening_params_are_checked_like_any_strategy():
         assert message in str(err.value)
     strategy = build_strategy("screening", {"inner": "fedtrimmedavg", "inner_params": {"beta": 0.1}}, n_nodes=10)
     assert type(strategy.inner).__name__ == "DeterministicFedTrimmedAvg" and strategy.inner.beta == 0.1
+
+
+def test_fltrust_asks_the_server_for_as_many_local_steps_as_a_median_client_takes():
+    from fl_server.app import root_passes
+
+    seen = []
+    node_ids = _node_ids(5, 1)
+    strategy = build_strategy("fltrust", {}, n_nodes=5, node_ranks={node: i for i, node in enumerate(node_ids)},
+                              server_update_fn=lambda g, n: seen.append(n) or {k: v + 0.01 for k, v in g.items()})  # fmt: skip
+    strategy.configure_train(1, _arrays(np.zeros(50, np.float32)), ConfigRecord(), FakeGrid(node_ids))
+    rng = np.random.default_rng(0)
+    sizes = [100, 3000, 3300, 3500, 9000]
+    strategy.aggregate_train(1, [_reply(node, rng.normal(size=50).astype(np.float32), size)
+                                 for node, size in zip(node_ids, sizes)])  # fmt: skip
+    assert seen == [3300]
+    # 3300 rows in batches of 64 are 52 steps; 200 root rows are 4 steps a pass: 13 passes
+    assert root_passes(3300, 200, 64, 1) == 13 and root_passes(3300, 200, 64, 2) == 26
+    assert root_passes(10, 200, 64, 1) == 1 and root_passes(0, 0, 64, 1) == 1

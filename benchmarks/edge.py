@@ -23,7 +23,6 @@ Writes ``benchmarks/results/gateway/results.{json,md}`` and the README block bet
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gzip
 import json
 import logging
@@ -46,15 +45,10 @@ log = logging.getLogger("benchmarks.gateway")
 
 def held_out(checkpoint: Path):
     """(encoded rows, labels, the test table) of the checkpoint's run: the split the server evaluated on."""
-    from flows.loader import resolve_data_dir
-    from flows.run_split import DataSettings, load_split
-    from gateway.export import load_checkpoint
+    from flows.run_split import load_split
+    from gateway.export import load_checkpoint, run_data_settings
 
-    run_config = json.loads((checkpoint.parent / "metrics.json").read_text())["run_config"]
-    settings = DataSettings.from_run_config(run_config)
-    if not Path(settings.data_dir).is_dir():
-        settings = dataclasses.replace(settings, data_dir=str(resolve_data_dir(None)))
-    _, test = load_split(settings)
+    _, test = load_split(run_data_settings(checkpoint))
     pipeline = load_checkpoint(checkpoint).pipeline
     return pipeline.transform(test.frame), test.frame["label"].to_numpy().astype(int), test
 

@@ -230,6 +230,21 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, options: Exp
     return json.loads((out_dir / "manifest.json").read_text())
 
 
+def run_data_settings(checkpoint: str | Path):
+    """The data settings of the checkpoint's run (its ``metrics.json``), on this machine's data folder if the run
+    was elsewhere."""
+    from flows.loader import resolve_data_dir
+    from flows.run_split import DataSettings
+
+    metrics_path = Path(checkpoint).parent / "metrics.json"
+    if not metrics_path.is_file():
+        raise ExportError(f"no {metrics_path} to find the run's data: pass --calibration FILE")
+    settings = DataSettings.from_run_config(json.loads(metrics_path.read_text())["run_config"])
+    if not Path(settings.data_dir).is_dir():
+        settings = dataclasses.replace(settings, data_dir=str(resolve_data_dir(None)))
+    return settings
+
+
 def calibration_rows(checkpoint: str | Path, source: str | Path | None = None, size: int = 1024,
                      seed: int = 0) -> np.ndarray:  # fmt: skip
     """Encoded rows for static int8 calibration: a seeded sample of ``size`` records from ``source`` (any flow file
@@ -244,17 +259,9 @@ def calibration_rows(checkpoint: str | Path, source: str | Path | None = None, s
 
         rows, _ = encode([r for r in FlowSource(source) if r is not None], pipeline, Counter())
     else:
-        from flows.loader import resolve_data_dir
-        from flows.run_split import DataSettings, load_split
+        from flows.run_split import load_split
 
-        metrics_path = Path(checkpoint).parent / "metrics.json"
-        if not metrics_path.is_file():
-            raise ExportError(f"no {metrics_path} to find the run's data: pass --calibration FILE")
-        run_config = json.loads(metrics_path.read_text())["run_config"]
-        settings = DataSettings.from_run_config(run_config)
-        if not Path(settings.data_dir).is_dir():  # the run was elsewhere: use this machine's data folder
-            settings = dataclasses.replace(settings, data_dir=str(resolve_data_dir(None)))
-        train, _ = load_split(settings)
+        train, _ = load_split(run_data_settings(checkpoint))
         rows = pipeline.transform(train.frame)
     if len(rows) == 0:
         raise ExportError("no calibration rows could be read")

@@ -17,7 +17,7 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         options = ExportOptions(batch_sizes=tuple(args.batch_sizes), quantization=args.quantization,
-                                sparsity=args.sparsity)  # fmt: skip
+                                sparsity=args.sparsity, compression=args.compression)  # fmt: skip
         rows = calibration_rows(args.checkpoint, args.calibration, args.calibration_size) \
             if args.quantization == "static" else None
         manifest = export_bundle(args.checkpoint, args.out, options, calibration=rows)
@@ -80,6 +80,8 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--sparsity", type=float, default=0.0, help="global magnitude pruning before conversion")
     export.add_argument("--calibration", help="flow file for static calibration (default: the run's data)")
     export.add_argument("--calibration-size", type=int, default=1024)
+    export.add_argument("--compression", choices=["xz", "none"], default="xz",
+                        help="store the model files xz-compressed (default) or as plain .tflite")
     export.set_defaults(run=_export)
     run = commands.add_parser("serve", help="flow records -> verdicts (numpy + LiteRT only)")
     run.add_argument("--bundle", required=True)

@@ -3,28 +3,34 @@ the gateway before anything is loaded. Standard library and numpy only (the gate
 
 ``manifest.json``::
 
-    {"bundle_schema": 1, "model_version": "...", "created": "...", "source": {...},
+    {"bundle_schema": 2, "model_version": "...", "created": "...", "source": {...},
      "features": {"input_columns": [...], "encoded": [...], "n_features": 196},
      "pipeline": {<flows.pipeline_state.PipelineState as a dict>}, "threshold": 0.5,
-     "models": {"fp32_b1": {"file": "model_fp32_b1.tflite", "variant": "fp32", "batch_size": 1, ...},
+     "models": {"fp32_b1": {"file": "model_fp32_b1.tflite.xz", "compression": "xz", "variant": "fp32",
+                            "batch_size": 1, "bytes": ..., "tflite_bytes": ...},
                 "int8_b256": {...}, ...},
      "default_model": "int8", "batch_sizes": [1, 256], "pruning": {...}, "metrics": {...},
-     "files": {"model_fp32_b1.tflite": "<sha256>", ...}}
+     "files": {"model_fp32_b1.tflite.xz": "<sha256>", ...}}
 
-Every file a bundle names is checked against its sha256 on load; a bundle whose schema this code does not know,
-or whose pipeline does not match its declared features, is refused with a clear error.
+Model files are stored xz-compressed (``compression: "xz"``, the export's default) or as plain .tflite
+(``"none"``; every schema-1 bundle). The runtime decompresses them in memory with the standard library's lzma.
+Every file a bundle names is checked against its sha256 (of the stored bytes) on load; a bundle whose schema this
+code does not know, or whose pipeline does not match its declared features, is refused with a clear error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 from dataclasses import dataclass
 from pathlib import Path
 
 from flows.pipeline_state import PipelineState, PipelineStateError
 
-BUNDLE_SCHEMA = 1
+BUNDLE_SCHEMA = 2
+READABLE_SCHEMAS = (1, 2)  # 1: plain .tflite files only
+COMPRESSIONS = ("xz", "none")
 MANIFEST = "manifest.json"
 
 
@@ -83,6 +89,26 @@ class Bundle:
                               f"(it has {', '.join(sorted(models))})")  # fmt: skip
         return self.path / models[key]["file"]
 
+    def model_content(self, variant: str | None = None, batch_size: int | None = None) -> bytes:
+        """The .tflite flatbuffer of ``variant`` for ``batch_size`` (see :meth:`model_file`), decompressed."""
+        path = self.model_file(variant, batch_size)
+        entry = next(m for m in self.manifest["models"].values() if m["file"] == path.name)
+        stored = path.read_bytes()
+        if entry.get("compression", "none") == "none":
+            return stored
+        try:
+            return lzma.decompress(stored, format=lzma.FORMAT_XZ)
+        except lzma.LZMAError as err:
+            raise BundleError(f"{path}: not a valid xz file ({err})") from None
+
+
+def compress_model(content: bytes) -> bytes:
+    """``content`` as an xz file (LZMA2, preset 9e). The dictionary is sized to the model, not preset 9's 64 MiB,
+    so that decompressing on a small gateway allocates no more than the model's own size."""
+    dict_size = max(1 << 12, 1 << (len(content) - 1).bit_length())
+    filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": dict_size}]
+    return lzma.compress(content, format=lzma.FORMAT_XZ, filters=filters)
+
 
 def load_bundle(bundle_dir: str | Path) -> Bundle:
     """Read and verify a bundle; raises :class:`BundleError` with the reason."""
@@ -95,9 +121,10 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BundleError(f"{manifest_path}: not valid JSON ({err})") from None
     schema = manifest.get("bundle_schema")
-    if schema != BUNDLE_SCHEMA:
+    if schema not in READABLE_SCHEMAS:
         raise BundleError(f"{manifest_path}: bundle schema {schema!r} is not supported (this gateway reads "
-                          f"{BUNDLE_SCHEMA}); export the bundle again with a matching version")  # fmt: skip
+                          f"{', '.join(map(str, READABLE_SCHEMAS))}); export the bundle again with a matching "
+                          "version")  # fmt: skip
     missing = [k for k in ("model_version", "features", "pipeline", "threshold", "models", "default_model",
                            "batch_sizes", "files") if k not in manifest]  # fmt: skip
     if missing:
@@ -105,6 +132,9 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
     for entry in manifest["models"].values():
         if entry["file"] not in manifest["files"]:
             raise BundleError(f"{manifest_path}: model file {entry['file']} has no sha256 in 'files'")
+        if entry.get("compression", "none") not in COMPRESSIONS:
+            raise BundleError(f"{manifest_path}: model file {entry['file']} has unknown compression "
+                              f"{entry['compression']!r} (this gateway reads {', '.join(COMPRESSIONS)})")  # fmt: skip
     for name, expected in manifest["files"].items():
         path = bundle_dir / name
         if Path(name).name != name:

@@ -16,10 +16,10 @@ from gateway.bundle import Bundle
 class _Runner:
     """One interpreter for one batch size."""
 
-    def __init__(self, path, num_threads: int) -> None:
+    def __init__(self, model: bytes, num_threads: int) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        self.interpreter = Interpreter(model_content=model, num_threads=num_threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -49,7 +49,7 @@ class VerdictModel:
     def __init__(self, bundle: Bundle, variant: str | None = None, num_threads: int = 1) -> None:
         self.bundle = bundle
         self.variant = variant or bundle.manifest["default_model"]
-        self.runners = {b: _Runner(bundle.model_file(self.variant, b), num_threads) for b in bundle.batch_sizes}
+        self.runners = {b: _Runner(bundle.model_content(self.variant, b), num_threads) for b in bundle.batch_sizes}
         n_features = int(bundle.manifest["features"]["n_features"])
         for runner in self.runners.values():
             if int(runner.input["shape"][1]) != n_features:

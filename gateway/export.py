@@ -1,18 +1,21 @@
 """Checkpoint -> model bundle (torch side; the ``export`` extra): optional pruning, LiteRT conversion, int8.
 
 A checkpoint is what a run writes (``final.pt`` / ``best.pt``: state_dict, model_config, pipeline_state, round).
-The model is converted in the step-by-step form of :mod:`gateway.export_model` (same outputs). The bundle holds, per batch size, the fp32 .tflite converted by litert-torch and the int8 .tflite made from it by
-ai-edge-quantizer, plus ``manifest.json`` (:mod:`gateway.bundle`). Converted models have a fixed batch size:
-litert-torch rejects a dynamic batch dimension for this model and the interpreter cannot resize the unrolled
-LSTM afterwards (both tried with litert-torch 0.10 / ai-edge-litert 2.3), so the runtime picks the model of the
-right batch size.
+The model is converted in the step-by-step form of :mod:`gateway.export_model` (same outputs). The bundle holds,
+per batch size, the fp32 .tflite converted by litert-torch and the int8 .tflite made from it by ai-edge-quantizer,
+plus ``manifest.json`` (:mod:`gateway.bundle`). Converted models have a fixed batch size: litert-torch rejects a
+dynamic batch dimension for this model and the interpreter cannot resize the unrolled LSTM afterwards (both tried
+with litert-torch 0.10 / ai-edge-litert 2.3), so the runtime picks the model of the right batch size.
 
 * pruning: global L1 magnitude pruning (``torch.nn.utils.prune.global_unstructured``) of the conv, LSTM and
   linear weights to ``sparsity``, made permanent before conversion;
 * int8 ``dynamic`` (default): int8 weights, float activations (``recipe.dynamic_wi8_afp32``);
 * int8 ``static``: int8 weights and activations calibrated on representative encoded rows
   (``recipe.static_wi8_ai8``); its input and output are int8, quantized with the tensors' scale and zero point;
-* both files are written without tensor names and signature defs (:func:`strip_strings`).
+* both files are written without tensor names and signature defs (:func:`strip_strings`) and, by default,
+  xz-compressed (``compression="xz"``). The LSTM is unrolled over its steps, so every file repeats one step's
+  operators 30 times; those are most of a small model's bytes, and xz removes that repetition (a looped or fused
+  LSTM would too, but runs about 4x slower on LiteRT: see the README).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 from torch import nn
 
 from flows.pipeline_state import PipelineState
-from gateway.bundle import write_manifest
+from gateway.bundle import COMPRESSIONS, compress_model, write_manifest
 from models.cnn_lstm import CNNLSTM
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ class ExportOptions:
     quantization: str = "dynamic"
     sparsity: float = 0.0  # share of the weights set to zero before conversion (0: no pruning)
     default_model: str = "int8"
+    compression: str = "xz"  # how model files are stored in the bundle: "xz" or "none" (plain .tflite)
 
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATIONS:
@@ -58,6 +62,8 @@ class ExportOptions:
             raise ExportError(f"batch sizes must be positive integers, got {self.batch_sizes}")
         if self.default_model not in ("fp32", "int8"):
             raise ExportError(f"default_model must be fp32 or int8, got {self.default_model!r}")
+        if self.compression not in COMPRESSIONS:
+            raise ExportError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
         self.batch_sizes = tuple(sorted({int(b) for b in self.batch_sizes}))
 
 
@@ -143,7 +149,8 @@ def quantize(fp32: bytes, mode: str, calibration: np.ndarray | None = None) -> b
     engine.load_quantization_recipe(recipe.static_wi8_ai8())
     signature, input_name, batch = _signature(fp32)
     rows = np.asarray(calibration, dtype=np.float32)
-    batches = [rows[i : i + batch] for i in range(0, len(rows) - batch + 1, batch)] or [np.resize(rows, (batch, rows.shape[1]))]
+    batches = [rows[i : i + batch] for i in range(0, len(rows) - batch + 1, batch)]
+    batches = batches or [np.resize(rows, (batch, rows.shape[1]))]
     result = engine.calibrate({signature: [{input_name: b} for b in batches]})
     return bytes(engine.quantize(result).quantized_model)
 
@@ -203,9 +210,13 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, options: Exp
         int8 = quantize(fp32, options.quantization, calibration)
         for variant, content in (("fp32", strip_strings(fp32)), ("int8", strip_strings(int8))):
             name = f"model_{variant}_b{batch}.tflite"
-            (out_dir / name).write_bytes(content)
+            stored = content
+            if options.compression == "xz":
+                name, stored = name + ".xz", compress_model(content)
+            (out_dir / name).write_bytes(stored)
             models[f"{variant}_b{batch}"] = {"file": name, "variant": variant, "batch_size": batch,
-                                             "bytes": len(content)}  # fmt: skip
+                                             "compression": options.compression, "bytes": len(stored),
+                                             "tflite_bytes": len(content)}  # fmt: skip
         models[f"int8_b{batch}"]["quantization"] = options.quantization
     pipeline = checkpoint.pipeline
     run_name = checkpoint.path.parent.name

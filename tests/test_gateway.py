@@ -30,7 +30,63 @@ def test_bundle_round_trip(bundle_dir, raw_checkpoint):
                                                                                    ["checkpoint_sha256"][:8])
     assert bundle.pipeline.output_names == manifest["features"]["encoded"]
     assert manifest["features"]["n_features"] == raw_checkpoint[2].shape[1]
+    for key, entry in manifest["models"].items():  # stored xz-compressed by default; the sizes are the files'
+        assert entry["compression"] == "xz" and entry["file"].endswith(".tflite.xz")
+        assert (bundle_dir / entry["file"]).stat().st_size == entry["bytes"] < entry["tflite_bytes"]
+        content = bundle.model_content(entry["variant"], entry["batch_size"])
+        assert len(content) == entry["tflite_bytes"] and content[4:8] == b"TFL3", key
     assert bundle.model_file("int8", 256).stat().st_size < bundle.model_file("fp32", 256).stat().st_size
+
+
+def _rewrite(copy: Path, edit) -> None:
+    """Apply ``edit`` to the copy's manifest and re-sign its files (as an exporter would)."""
+    from gateway.bundle import sha256_of
+
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    manifest["files"] = {m["file"]: sha256_of(copy / m["file"]) for m in manifest["models"].values()}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_schema_1_bundle_of_plain_tflite_files_still_serves_the_same_probabilities(bundle_dir, raw_checkpoint,
+                                                                                     tmp_path):  # fmt: skip
+    import lzma
+
+    from gateway.engine import VerdictModel
+
+    copy = _copy(bundle_dir, tmp_path)
+
+    def to_plain(manifest: dict) -> None:
+        manifest["bundle_schema"] = 1
+        for entry in manifest["models"].values():
+            packed = copy / entry.pop("file")
+            entry["file"] = packed.stem  # model_..._bN.tflite
+            (copy / entry["file"]).write_bytes(lzma.decompress(packed.read_bytes()))
+            packed.unlink()
+            del entry["compression"]
+
+    _rewrite(copy, to_plain)
+    x = raw_checkpoint[2][:300]
+    plain, packed = load_bundle(copy), load_bundle(bundle_dir)
+    assert sorted(p.name for p in copy.glob("*.tflite")) == sorted(m["file"] for m in plain.manifest["models"].values())
+    for variant in ("fp32", "int8"):
+        assert np.array_equal(VerdictModel(plain, variant).probabilities(x),
+                              VerdictModel(packed, variant).probabilities(x))  # fmt: skip
+
+
+def test_a_damaged_xz_file_with_a_matching_hash_is_refused_with_the_reason(bundle_dir, tmp_path):
+    copy = _copy(bundle_dir, tmp_path)
+    model = copy / "model_int8_b1.tflite.xz"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    _rewrite(copy, lambda manifest: None)
+    bundle = load_bundle(copy)  # the hash matches: only decompressing finds the damage
+    with pytest.raises(BundleError, match="model_int8_b1.tflite.xz: not a valid xz file"):
+        bundle.model_content("int8", 1)
+    _rewrite(copy, lambda manifest: manifest["models"]["int8_b1"].update(compression="zstd"))
+    with pytest.raises(BundleError, match="unknown compression 'zstd'"):
+        load_bundle(copy)
 
 
 def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
@@ -41,7 +97,7 @@ def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
 
 def test_a_tampered_model_file_is_refused(bundle_dir, tmp_path):
     copy = _copy(bundle_dir, tmp_path)
-    model = copy / "model_int8_b1.tflite"
+    model = copy / "model_int8_b1.tflite.xz"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
@@ -82,13 +138,19 @@ def test_tflite_models_agree_with_pytorch_on_real_flows(bundle_dir, raw_checkpoi
 
 
 def test_static_int8_takes_quantized_input_and_still_agrees(raw_checkpoint, tmp_path):
+    """Also the plain (uncompressed) export path, and a refused compression."""
     import torch
 
     from gateway.engine import VerdictModel
-    from gateway.export import ExportOptions, export_bundle
+    from gateway.export import ExportError, ExportOptions, export_bundle
+
+    with pytest.raises(ExportError, match="compression must be one of"):
+        ExportOptions(compression="zip")
 
     checkpoint, model, x = raw_checkpoint
-    export_bundle(checkpoint, tmp_path, ExportOptions(batch_sizes=(64,), quantization="static"), calibration=x[:512])
+    options = ExportOptions(batch_sizes=(64,), quantization="static", compression="none")
+    export_bundle(checkpoint, tmp_path, options, calibration=x[:512])
+    assert sorted(p.name for p in tmp_path.glob("model_*")) == ["model_fp32_b64.tflite", "model_int8_b64.tflite"]
     engine = VerdictModel(load_bundle(tmp_path), "int8")
     assert engine.runners[64].input["dtype"] == np.int8  # full integer: the runtime quantizes the input
     with torch.no_grad():

@@ -4,8 +4,13 @@ Why by hand: litert-torch 0.10 lowers ``nn.LSTM`` by unrolling it (no fused LSTM
 constants into the flatbuffer: the summed gate biases broadcast to (batch, 4 x hidden) and the zero initial
 states. At batch 256 those fp32 constants outweigh all the weights, and the int8 quantizer leaves them in fp32,
 so the int8 model came out only 1.2x smaller than the fp32 one. Here the biases stay vectors (added by
-broadcasting), the first step needs no initial state (h0 = c0 = 0), and the outputs equal ``CNNLSTM``'s
-(checked in the tests).
+broadcasting) and the zero initial state is made at run time, and the outputs equal ``CNNLSTM``'s (checked in the
+tests).
+
+Each step is one matmul of ``[x_t, h_{t-1}]`` with ``[W_ih, W_hh]`` (plus the summed biases). Measured against
+one matmul projecting every step's input up front followed by per-step slices: about 30% more flows per second
+with int8 weights (no (steps x batch, 4 x hidden) intermediate that outgrows the cache, one matmul and no add per
+step), the same size and the same accuracy.
 """
 
 from __future__ import annotations
@@ -25,18 +30,14 @@ class UnrolledCNNLSTM(nn.Module):
         self.fc1, self.fc_act, self.out = model.fc1, model.fc_act, model.out
         self.readout = model.readout
         self.hidden = model.lstm.hidden_size
-        self.layers = nn.ModuleList()
+        self.steps = nn.ModuleList()  # per layer: [x_t, h_{t-1}] -> the four gates
         for layer in range(model.lstm.num_layers):
-            step = nn.ModuleDict({
-                "input": nn.Linear(model.lstm.input_size if layer == 0 else self.hidden, 4 * self.hidden),
-                "recurrent": nn.Linear(self.hidden, 4 * self.hidden, bias=False),
-            })  # fmt: skip
+            weight_ih = getattr(model.lstm, f"weight_ih_l{layer}")
+            step = nn.Linear(weight_ih.shape[1] + self.hidden, 4 * self.hidden)
             with torch.no_grad():
-                step["input"].weight.copy_(getattr(model.lstm, f"weight_ih_l{layer}"))
-                step["input"].bias.copy_(getattr(model.lstm, f"bias_ih_l{layer}") +
-                                         getattr(model.lstm, f"bias_hh_l{layer}"))  # fmt: skip
-                step["recurrent"].weight.copy_(getattr(model.lstm, f"weight_hh_l{layer}"))
-            self.layers.append(step)
+                step.weight.copy_(torch.cat([weight_ih, getattr(model.lstm, f"weight_hh_l{layer}")], dim=1))
+                step.bias.copy_(getattr(model.lstm, f"bias_ih_l{layer}") + getattr(model.lstm, f"bias_hh_l{layer}"))
+            self.steps.append(step)
         self.eval()
 
     def _cell(self, gates: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,23 +49,20 @@ class UnrolledCNNLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sequence = self.pool(self.act(self.norm(self.conv(x.unsqueeze(1))))).permute(2, 0, 1)  # (T, B, C)
-        n_steps, batch = sequence.shape[0], sequence.shape[1]
-        rows = sequence.reshape(n_steps * batch, -1)  # time-major rows: step t is rows t*B .. (t+1)*B
-        for layer in self.layers:
-            # One matmul projects every step; step t's gates input is then a contiguous block of rows (batch-major
-            # slices were strided copies plus a reshape each; time-major measured faster and has fewer operators).
-            projected = layer["input"](rows)  # (T * B, 4H)
-            hidden, cell, outputs = None, None, []
-            for t in range(n_steps):
-                step = projected[t * batch : (t + 1) * batch]
-                gates = step if hidden is None else step + layer["recurrent"](hidden)
-                hidden, cell = self._cell(gates, cell)
+        inputs = [sequence[t] for t in range(sequence.shape[0])]
+        for step in self.steps:
+            # h0 = 0 made from the input (clamped to [0, 0]: finite even for an overflowed inf): a zeros constant
+            # would be batch-shaped and stored in the file
+            hidden = inputs[0][:, :1].clamp(0.0, 0.0).expand(inputs[0].shape[0], self.hidden)
+            cell, outputs = None, []
+            for x_t in inputs:
+                hidden, cell = self._cell(step(torch.cat([x_t, hidden], dim=1)), cell)
                 outputs.append(hidden)
-            rows = torch.cat(outputs, dim=0)
+            inputs = outputs
         if self.readout == "max":
-            summary = rows.reshape(n_steps, batch, -1).amax(dim=0)
+            summary = torch.stack(inputs).amax(dim=0)
         elif self.readout == "mean":
-            summary = rows.reshape(n_steps, batch, -1).mean(dim=0)
+            summary = torch.stack(inputs).mean(dim=0)
         else:
-            summary = hidden
+            summary = inputs[-1]
         return self.out(self.fc_act(self.fc1(summary))).squeeze(-1)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from flows.pipeline_state import PipelineState
-from gateway.bundle import COMPRESSIONS, compress_model, write_manifest
+from gateway.bundle import COMPRESSIONS, MANIFEST, compress_model, write_manifest
 from models.cnn_lstm import CNNLSTM
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,22 @@ def run_metrics(checkpoint: Path) -> dict:
             for name in ("final", "best") if isinstance(metrics.get(name), dict)}  # fmt: skip
 
 
+def remove_previous_bundle(out_dir: Path) -> None:
+    """Delete the bundle an earlier export wrote into ``out_dir``: its manifest and the files that manifest names
+    (a plain .tflite must not stay beside a new .tflite.xz). Other files in the folder are left alone."""
+    manifest_path = out_dir / MANIFEST
+    if not manifest_path.is_file():
+        return
+    try:
+        names = json.loads(manifest_path.read_text(encoding="utf-8")).get("files", {})
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExportError(f"{manifest_path} is not a bundle manifest ({err}); choose another --out") from None
+    for name in names:
+        if Path(name).name == name:
+            (out_dir / name).unlink(missing_ok=True)
+    manifest_path.unlink()
+
+
 def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, options: ExportOptions | None = None,
                   calibration: np.ndarray | None = None) -> dict:  # fmt: skip
     """Write the bundle for ``checkpoint_path`` into ``out_dir``; returns the manifest."""
@@ -202,6 +218,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, options: Exp
     checkpoint = load_checkpoint(checkpoint_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_previous_bundle(out_dir)
     achieved = prune_model(checkpoint.model, options.sparsity)
     models: dict[str, dict] = {}
     for batch in options.batch_sizes:

@@ -137,8 +137,8 @@ def test_tflite_models_agree_with_pytorch_on_real_flows(bundle_dir, raw_checkpoi
     assert abs(float(single[0]) - float(reference[0])) < 1e-4
 
 
-def test_static_int8_takes_quantized_input_and_still_agrees(raw_checkpoint, tmp_path):
-    """Also the plain (uncompressed) export path, and a refused compression."""
+def test_static_int8_takes_quantized_input_and_still_agrees(raw_checkpoint, bundle_dir, tmp_path):
+    """Also the plain (uncompressed) export path over an earlier bundle, and a refused compression."""
     import torch
 
     from gateway.engine import VerdictModel
@@ -148,9 +148,13 @@ def test_static_int8_takes_quantized_input_and_still_agrees(raw_checkpoint, tmp_
         ExportOptions(compression="zip")
 
     checkpoint, model, x = raw_checkpoint
+    for old in bundle_dir.iterdir():  # an earlier (xz) bundle in the folder: the export replaces it
+        (tmp_path / old.name).write_bytes(old.read_bytes())
+    (tmp_path / "notes.txt").write_text("not the exporter's")
     options = ExportOptions(batch_sizes=(64,), quantization="static", compression="none")
     export_bundle(checkpoint, tmp_path, options, calibration=x[:512])
-    assert sorted(p.name for p in tmp_path.glob("model_*")) == ["model_fp32_b64.tflite", "model_int8_b64.tflite"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "model_fp32_b64.tflite",
+                                                          "model_int8_b64.tflite", "notes.txt"]  # fmt: skip
     engine = VerdictModel(load_bundle(tmp_path), "int8")
     assert engine.runners[64].input["dtype"] == np.int8  # full integer: the runtime quantizes the input
     with torch.no_grad():

@@ -76,10 +76,7 @@ def test_a_schema_1_bundle_of_plain_tflite_files_still_serves_the_same_probabili
 
 def test_a_damaged_xz_file_with_a_matching_hash_is_refused_with_the_reason(bundle_dir, tmp_path):
     copy = _copy(bundle_dir, tmp_path)
-    model = copy / "model_int8_b1.tflite.xz"
-    data = bytearray(model.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    model.write_bytes(bytes(data))
+    _flip_a_byte(copy / "model_int8_b1.tflite.xz")
     _rewrite(copy, lambda manifest: None)
     bundle = load_bundle(copy)  # the hash matches: only decompressing finds the damage
     with pytest.raises(BundleError, match="model_int8_b1.tflite.xz: not a valid xz file"):
@@ -87,6 +84,12 @@ def test_a_damaged_xz_file_with_a_matching_hash_is_refused_with_the_reason(bundl
     _rewrite(copy, lambda manifest: manifest["models"]["int8_b1"].update(compression="zstd"))
     with pytest.raises(BundleError, match="unknown compression 'zstd'"):
         load_bundle(copy)
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
 def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
@@ -97,10 +100,7 @@ def _copy(bundle_dir: Path, tmp_path: Path) -> Path:
 
 def test_a_tampered_model_file_is_refused(bundle_dir, tmp_path):
     copy = _copy(bundle_dir, tmp_path)
-    model = copy / "model_int8_b1.tflite.xz"
-    data = bytearray(model.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    model.write_bytes(bytes(data))
+    _flip_a_byte(copy / "model_int8_b1.tflite.xz")
     with pytest.raises(BundleError, match="sha256 .* does not match"):
         load_bundle(copy)
 

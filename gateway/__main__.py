@@ -12,6 +12,14 @@ import json
 import sys
 
 
+def _size(entry: dict) -> str:
+    """A model file's stored size, and its .tflite size when it is compressed."""
+    stored = f"{entry['bytes'] / 1024:.0f} KiB"
+    if entry.get("compression", "none") == "none":
+        return stored
+    return f"{stored} ({entry['compression']}; .tflite {entry['tflite_bytes'] / 1024:.0f} KiB)"
+
+
 def _export(args: argparse.Namespace) -> int:
     from gateway.export import ExportError, ExportOptions, calibration_rows, export_bundle
 
@@ -24,7 +32,7 @@ def _export(args: argparse.Namespace) -> int:
     except (ExportError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    sizes = ", ".join(f"{k} {v['bytes'] / 1024:.0f} KiB" for k, v in sorted(manifest["models"].items()))
+    sizes = ", ".join(f"{key} {_size(entry)}" for key, entry in sorted(manifest["models"].items()))
     print(f"bundle {args.out}: model version {manifest['model_version']}; {sizes}; "
           f"sparsity {manifest['pruning']['achieved_sparsity']:.2f}")  # fmt: skip
     return 0

@@ -162,6 +162,18 @@ def test_static_int8_takes_quantized_input_and_still_agrees(raw_checkpoint, bund
     assert np.mean((engine.probabilities(x) >= 0.5) == (reference >= 0.5)) >= 0.95
 
 
+def test_the_export_and_verify_commands(raw_checkpoint, tmp_path, capsys):
+    from gateway.__main__ import main
+
+    out = tmp_path / "bundle"
+    assert main(["export", str(raw_checkpoint[0]), "--out", str(out), "--batch-sizes", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert f"bundle {out}: model version" in printed and "int8_b8" in printed and "(xz; .tflite" in printed
+    assert main(["verify", "--bundle", str(out)]) == 0 and "2 files verified" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "b2")]) == 2
+    assert "error: checkpoint not found" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("layers, readout", [(1, "last"), (2, "mean"), (2, "max")])
 def test_the_unrolled_export_form_computes_what_the_model_computes(layers, readout):
     import torch

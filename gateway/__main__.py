@@ -66,14 +66,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    """Hashes, schema and pipeline (:func:`load_bundle`), then every model unpacked and loaded by the interpreter."""
     from gateway.bundle import BundleError, load_bundle
+    from gateway.engine import VerdictModel
 
     try:
         bundle = load_bundle(args.bundle)
-    except BundleError as err:
+        variants = sorted({entry["variant"] for entry in bundle.manifest["models"].values()})
+        for variant in variants:
+            VerdictModel(bundle, variant)
+    except (BundleError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"ok: {bundle.path} model version {bundle.model_version}, {len(bundle.manifest['files'])} files verified")
+    print(f"ok: {bundle.path} model version {bundle.model_version}, {len(bundle.manifest['files'])} files verified, "
+          f"{len(bundle.manifest['models'])} models load ({', '.join(variants)})")  # fmt: skip
     return 0
 
 

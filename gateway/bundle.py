@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import lzma
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +96,11 @@ class Bundle:
         if entry.get("compression", "none") == "none":
             return stored
         try:
+            import lzma
+        except ImportError:  # a Python built without liblzma
+            raise BundleError(f"{path} is xz-compressed, but this Python has no lzma module; install one that has "
+                              "(Debian: python3 has it) or export the bundle with --compression none") from None
+        try:
             return lzma.decompress(stored, format=lzma.FORMAT_XZ)
         except lzma.LZMAError as err:
             raise BundleError(f"{path}: not a valid xz file ({err})") from None
@@ -105,6 +109,8 @@ class Bundle:
 def compress_model(content: bytes) -> bytes:
     """``content`` as an xz file (LZMA2, preset 9e). The dictionary is sized to the model, not preset 9's 64 MiB,
     so that decompressing on a small gateway allocates no more than the model's own size."""
+    import lzma
+
     dict_size = max(1 << 12, 1 << (len(content) - 1).bit_length())
     filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": dict_size}]
     return lzma.compress(content, format=lzma.FORMAT_XZ, filters=filters)

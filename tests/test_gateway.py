@@ -81,9 +81,18 @@ def test_a_damaged_xz_file_with_a_matching_hash_is_refused_with_the_reason(bundl
     bundle = load_bundle(copy)  # the hash matches: only decompressing finds the damage
     with pytest.raises(BundleError, match="model_int8_b1.tflite.xz: not a valid xz file"):
         bundle.model_content("int8", 1)
+    from gateway.__main__ import main
+
+    assert main(["verify", "--bundle", str(copy)]) == 2  # verify unpacks and loads every model
     _rewrite(copy, lambda manifest: manifest["models"]["int8_b1"].update(compression="zstd"))
     with pytest.raises(BundleError, match="unknown compression 'zstd'"):
         load_bundle(copy)
+
+
+def test_a_python_without_lzma_gets_a_clear_error(bundle_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lzma", None)  # import lzma now raises ImportError
+    with pytest.raises(BundleError, match="this Python has no lzma module.*--compression none"):
+        load_bundle(bundle_dir).model_content("int8", 1)
 
 
 def _flip_a_byte(path: Path) -> None:
@@ -169,7 +178,8 @@ def test_the_export_and_verify_commands(raw_checkpoint, tmp_path, capsys):
     assert main(["export", str(raw_checkpoint[0]), "--out", str(out), "--batch-sizes", "8"]) == 0
     printed = capsys.readouterr().out
     assert f"bundle {out}: model version" in printed and "int8_b8" in printed and "(xz; .tflite" in printed
-    assert main(["verify", "--bundle", str(out)]) == 0 and "2 files verified" in capsys.readouterr().out
+    assert main(["verify", "--bundle", str(out)]) == 0
+    assert "2 files verified, 2 models load (fp32, int8)" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "b2")]) == 2
     assert "error: checkpoint not found" in capsys.readouterr().err
 

@@ -109,6 +109,8 @@ def speed(bundle, rows: np.ndarray, test_csv: Path, repeats: int) -> dict:
 def sizes(bundle) -> dict:
     """Per variant: the bundle's stored model files (xz by default: what is shipped and kept on the gateway), the
     .tflite flatbuffers inside them, and the constant tensors (weights and biases) of those flatbuffers."""
+    from gateway.bundle import compression_of
+
     models = bundle.manifest["models"].values()
     out: dict = {"files": {m["file"]: m["bytes"] for m in models}}
     for variant in ("fp32", "int8"):
@@ -117,7 +119,7 @@ def sizes(bundle) -> dict:
         out[f"{variant}_bytes"] = sum((bundle.path / m["file"]).stat().st_size for m in mine)
         out[f"{variant}_tflite_bytes"] = sum(len(c) for c in contents)
         out[f"{variant}_constant_bytes"] = sum(constant_bytes(c) for c in contents)
-    out["compression"] = sorted({m.get("compression", "none") for m in models})
+    out["compression"] = sorted({compression_of(m) for m in models})
     for kind in ("", "_tflite", "_constant"):
         out[f"ratio{kind}"] = out[f"fp32{kind}_bytes"] / out[f"int8{kind}_bytes"]
     return out

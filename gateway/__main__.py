@@ -11,11 +11,13 @@ import argparse
 import json
 import sys
 
+from gateway.bundle import COMPRESSIONS, compression_of
+
 
 def _size(entry: dict) -> str:
     """A model file's stored size, and its .tflite size when it is compressed."""
     stored = f"{entry['bytes'] / 1024:.0f} KiB"
-    if entry.get("compression", "none") == "none":
+    if compression_of(entry) == "none":
         return stored
     return f"{stored} ({entry['compression']}; .tflite {entry['tflite_bytes'] / 1024:.0f} KiB)"
 
@@ -94,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--sparsity", type=float, default=0.0, help="global magnitude pruning before conversion")
     export.add_argument("--calibration", help="flow file for static calibration (default: the run's data)")
     export.add_argument("--calibration-size", type=int, default=1024)
-    export.add_argument("--compression", choices=["xz", "none"], default="xz",
+    export.add_argument("--compression", choices=COMPRESSIONS, default="xz",
                         help="store the model files xz-compressed (default) or as plain .tflite")
     export.set_defaults(run=_export)
     run = commands.add_parser("serve", help="flow records -> verdicts (numpy + LiteRT only)")

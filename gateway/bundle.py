@@ -76,24 +76,28 @@ class Bundle:
     def batch_sizes(self) -> list[int]:
         return sorted(int(b) for b in self.manifest["batch_sizes"])
 
-    def model_file(self, variant: str | None = None, batch_size: int | None = None) -> Path:
-        """The .tflite file of ``variant`` (``fp32`` or ``int8``; default: the manifest's default_model) for
+    def model_entry(self, variant: str | None = None, batch_size: int | None = None) -> dict:
+        """The manifest entry of ``variant`` (``fp32`` or ``int8``; default: the manifest's default_model) for
         ``batch_size`` (default: the smallest exported)."""
         variant = variant or self.manifest["default_model"]
         batch_size = self.batch_sizes[0] if batch_size is None else int(batch_size)
-        key = f"{variant}_b{batch_size}"
         models = self.manifest["models"]
+        key = f"{variant}_b{batch_size}"
         if key not in models:
             raise BundleError(f"bundle {self.path} has no {variant} model for batch {batch_size} "
                               f"(it has {', '.join(sorted(models))})")  # fmt: skip
-        return self.path / models[key]["file"]
+        return models[key]
+
+    def model_file(self, variant: str | None = None, batch_size: int | None = None) -> Path:
+        """The stored model file of ``variant`` for ``batch_size`` (see :meth:`model_entry`)."""
+        return self.path / self.model_entry(variant, batch_size)["file"]
 
     def model_content(self, variant: str | None = None, batch_size: int | None = None) -> bytes:
-        """The .tflite flatbuffer of ``variant`` for ``batch_size`` (see :meth:`model_file`), decompressed."""
-        path = self.model_file(variant, batch_size)
-        entry = next(m for m in self.manifest["models"].values() if m["file"] == path.name)
+        """The .tflite flatbuffer of ``variant`` for ``batch_size`` (see :meth:`model_entry`), decompressed."""
+        entry = self.model_entry(variant, batch_size)
+        path = self.path / entry["file"]
         stored = path.read_bytes()
-        if entry.get("compression", "none") == "none":
+        if compression_of(entry) == "none":
             return stored
         try:
             import lzma
@@ -104,6 +108,11 @@ class Bundle:
             return lzma.decompress(stored, format=lzma.FORMAT_XZ)
         except lzma.LZMAError as err:
             raise BundleError(f"{path}: not a valid xz file ({err})") from None
+
+
+def compression_of(entry: dict) -> str:
+    """How a manifest's model entry is stored ("xz" or "none"; schema-1 entries name none and are plain)."""
+    return entry.get("compression", "none")
 
 
 def compress_model(content: bytes) -> bytes:
@@ -138,7 +147,7 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
     for entry in manifest["models"].values():
         if entry["file"] not in manifest["files"]:
             raise BundleError(f"{manifest_path}: model file {entry['file']} has no sha256 in 'files'")
-        if entry.get("compression", "none") not in COMPRESSIONS:
+        if compression_of(entry) not in COMPRESSIONS:
             raise BundleError(f"{manifest_path}: model file {entry['file']} has unknown compression "
                               f"{entry['compression']!r} (this gateway reads {', '.join(COMPRESSIONS)})")  # fmt: skip
     for name, expected in manifest["files"].items():

@@ -254,8 +254,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, options: Exp
                     "achieved_sparsity": round(achieved, 4)},  # fmt: skip
         "metrics": run_metrics(checkpoint.path),
     }
-    write_manifest(out_dir, manifest)
-    return json.loads((out_dir / "manifest.json").read_text())
+    return json.loads(write_manifest(out_dir, manifest).read_text(encoding="utf-8"))
 
 
 def run_data_settings(checkpoint: str | Path):

@@ -22,16 +22,22 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PipelineConfig:
-    """How to fit the pipeline; mirrors the Hydra group ``pipeline``."""
+class PipelineSettings:
+    """What a pipeline fitted from statistics uses (the federated run's ``pipeline`` section)."""
 
-    log_transform: bool = True
-    select_features: int | None = None  # RFE target count (20 in the issue's default when enabled)
+    log_transform: bool = True  # signed log1p before standardising (heavy-tailed byte/packet counts)
+    min_category_count: int = 100  # rarer categories share the <unknown> bucket (smaller input, same signal)
+    nonfinite: str = "error"  # error | impute (training mean)
+
+
+@dataclass
+class PipelineConfig(PipelineSettings):
+    """How to fit the pipeline on records (centralized runs): the settings plus feature selection."""
+
+    select_features: int | None = None  # RFE with a random forest down to this many original features; None = off
     rfe_sample: int = 20_000  # rows (stratified) the RFE forest sees; RFE refits the forest many times
     rfe_trees: int = 50
     rfe_step: int = 1
-    nonfinite: str = "error"
-    min_category_count: int = 1  # rarer categories share the <unknown> bucket (smaller input, same signal)
 
 
 def feature_statistics(frame: pd.DataFrame, numeric: list[str], categorical: list[str], log_transform: bool) -> dict:

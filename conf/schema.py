@@ -1,0 +1,306 @@
+"""The run specification: every setting of a federated run with its default, in one typed schema.
+
+:class:`RunSpec` is the only place a run setting and its default are written. Everything else is derived from it:
+
+* Hydra (``python -m simulation``) composes ``conf/federated.yaml`` on top of this schema (registered in Hydra's
+  ConfigStore as ``federated_schema``); the group files in ``conf/`` hold only what differs from the defaults;
+* the Flower run config (``flwr run``) is :func:`to_run_config` of a spec, and ``pyproject.toml``'s
+  ``[tool.flwr.app.config]`` is that of the default spec (``python -m conf.sync_pyproject`` writes it; a test
+  checks it), so ``flwr run .`` and ``python -m simulation`` run the same experiment;
+* the ServerApp and the ClientApp read their settings back with :func:`from_run_config`.
+
+Naming rule, both ways: the Hydra path ``section.field_name`` is the run-config key ``section.field-name``;
+dictionary fields (``model.params``, ``strategy.params``, ``attack.params``) travel as JSON strings. An unknown
+key anywhere fails with one line that names it and the nearest valid key.
+
+:class:`LauncherSpec` holds what only ``python -m simulation`` itself uses (the local federation's resources, the
+whole run's timeout, resuming sweeps); it never reaches the Flower run config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from flows.partitioning import PartitionConfig
+from flows.pipeline import PipelineSettings
+
+
+class RunSpecError(ValueError):
+    """A setting the run cannot use: unknown key, wrong type, or a value outside its domain."""
+
+
+@dataclass
+class DatasetSpec:
+    """Which records the run reads (see :mod:`flows.loader`)."""
+
+    name: str = "unsw-nb15"
+    data_dir: str = ""  # empty: $BOTDEFENDER_DATA_DIR of the process that reads the data
+    file: str = ""  # one file of a multi-file source (relative to its folder); empty: the source's default
+    bad_records: str = "error"  # error | skip (skipped records are counted in the outputs)
+
+
+@dataclass
+class SimulationSpec:
+    """How the federation trains: rounds and clients' local training (ClientApp), the server's side (ServerApp)."""
+
+    num_rounds: int = 80
+    local_epochs: int = 1
+    batch_size: int = 64
+    lr: float = 0.003
+    lr_decay: float = 0.985  # clients' learning rate in round r: lr * lr_decay ** (r - 1)
+    subsample: int = 0  # records (stratified) taken before the split; 0 = all
+    test_size: float = 0.2  # held-out share for central evaluation (stays on the server)
+    val_fraction: float = 0.1  # share of each client's partition for its local evaluate
+    root_size: int = 0  # server root dataset (FLTrust): records carved from the held-out split, never evaluated on
+    client_threads: int = 1  # torch threads per client
+    smote: bool = False  # SMOTE on each client's own encoded training rows (never on validation or test rows)
+    save_updates: bool = False  # screening strategy: every round's update vectors to <out_dir>/updates/*.npz
+    round_timeout: float = 3600.0  # seconds the server waits for the replies of one round
+    min_nodes: int = 2  # the server starts once this many nodes are connected
+    node_wait: float = 120.0  # seconds the server waits for min_nodes
+
+
+@dataclass
+class ModelSection:
+    """The model family (see :mod:`models.registry`) and its architecture parameters (only those that differ
+    from the family's defaults need be given)."""
+
+    name: str = "cnn_lstm"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StrategySpec:
+    """The server strategy (see :mod:`strategies.registry`) and its sampling."""
+
+    name: str = "screening"
+    params: dict[str, Any] = field(default_factory=dict)  # the strategy's own arguments
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_nodes: int = 2  # fewest clients sampled per round
+    assumed_malicious: float = 0.2  # share of clients the robust aggregators assume malicious (their configs use it)
+
+
+@dataclass
+class AttackSpec:
+    """Simulated malicious clients: a seeded ``fraction`` of the partitions attacks in rounds start..end (0 = to
+    the end). The attack names are checked by :mod:`fl_client.attacks.config`."""
+
+    name: str = "none"
+    fraction: float = 0.0
+    start_round: int = 1
+    end_round: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise RunSpecError(f"attack.fraction must be in [0, 1), got {self.fraction}")
+        if self.start_round < 1 or (self.end_round and self.end_round < self.start_round):
+            raise RunSpecError(f"attack rounds must satisfy 1 <= start_round <= end_round (0 = last), got "
+                               f"{self.start_round}..{self.end_round}")  # fmt: skip
+
+    def active(self, server_round: int) -> bool:
+        return self.name != "none" and self.start_round <= server_round and (
+            not self.end_round or server_round <= self.end_round)  # fmt: skip
+
+
+@dataclass
+class RunSpec:
+    """Everything that decides a federated run (and reaches the Flower run config)."""
+
+    seed: int = 0  # reaches partitioning, model init, client sampling and data loaders
+    out_dir: str = ""  # absolute; empty: a new folder under $BOTDEFENDER_RUNS_DIR or ~/botdefender-runs
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    model: ModelSection = field(default_factory=ModelSection)
+    strategy: StrategySpec = field(default_factory=StrategySpec)
+    attack: AttackSpec = field(default_factory=AttackSpec)
+    simulation: SimulationSpec = field(default_factory=SimulationSpec)
+
+    def round_lr(self, server_round: int) -> float:
+        """The clients' learning rate in ``server_round``: ``lr * lr_decay ** (round - 1)``."""
+        return self.simulation.lr * self.simulation.lr_decay ** max(server_round - 1, 0)
+
+
+@dataclass
+class LauncherSpec:
+    """What only ``python -m simulation`` uses: the local federation it starts and owns."""
+
+    client_cpus: float = 1.0  # Ray CPUs per virtual client (2 cores here: 2 clients at a time)
+    timeout: float = 14400.0  # seconds for the whole run
+    skip_done: bool = False  # a job whose folder already holds a finished metrics.json is skipped (resumable sweeps)
+    ray_tmpdir: str = "/tmp"  # Ray temp files: a fresh bdray* folder in here (<= 24 bytes: socket path limit)
+
+
+@dataclass
+class FederatedConfig(RunSpec):
+    """The Hydra schema of ``conf/federated.yaml``: the run spec plus the launcher's own settings."""
+
+    launcher: LauncherSpec = field(default_factory=LauncherSpec)
+
+
+DICT_FIELDS = ("params",)  # dictionary fields travel as JSON strings
+
+
+# ---- naming rule ------------------------------------------------------------------------------------------
+def run_key(path: str) -> str:
+    """Hydra path -> run-config key (``simulation.num_rounds`` -> ``simulation.num-rounds``)."""
+    return path.replace("_", "-")
+
+
+def hydra_path(key: str) -> str:
+    """Run-config key -> Hydra path (the inverse of :func:`run_key`)."""
+    return key.replace("-", "_")
+
+
+def nearest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(options))}"
+
+
+# ---- spec <-> flat run config ---------------------------------------------------------------------------------
+def to_run_config(spec: RunSpec) -> dict[str, bool | int | float | str]:
+    """The flat Flower run config of ``spec`` (bool/int/float/str only)."""
+    flat: dict[str, bool | int | float | str] = {}
+    for f in dataclasses.fields(RunSpec):
+        value = getattr(spec, f.name)
+        if dataclasses.is_dataclass(value):
+            for sub in dataclasses.fields(value):
+                item = getattr(value, sub.name)
+                flat[run_key(f"{f.name}.{sub.name}")] = (json.dumps(item, sort_keys=True) if sub.name in DICT_FIELDS
+                                                         else _scalar(item, f"{f.name}.{sub.name}"))  # fmt: skip
+        else:
+            flat[run_key(f.name)] = _scalar(value, f.name)
+    return flat
+
+
+def _scalar(value, path: str) -> bool | int | float | str:
+    if value is None:
+        raise RunSpecError(f"{path} is None: a federated run config holds bool/int/float/str only")
+    if not isinstance(value, (bool, int, float, str)):
+        raise RunSpecError(f"{path}: {type(value).__name__} cannot travel in a run config")
+    return value
+
+
+def from_run_config(run_config: Mapping[str, Any]) -> RunSpec:
+    """The spec of a flat run config: missing keys take the schema's defaults, unknown keys fail."""
+    nested: dict[str, Any] = {}
+    known = set(to_run_config(RunSpec()))
+    for key, value in run_config.items():
+        if key not in known:
+            raise RunSpecError(f"unknown run-config key {key!r}{nearest(key, known)}")
+        path = hydra_path(key).split(".")
+        if len(path) == 2 and path[1] in DICT_FIELDS:
+            try:
+                value = json.loads(str(value))
+            except json.JSONDecodeError as err:
+                raise RunSpecError(f"run-config key {key!r}: not a JSON object ({err})") from None
+        target = nested
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = value
+    return from_dict(nested)
+
+
+def from_dict(data: Mapping[str, Any], schema: type = RunSpec) -> Any:
+    """Build ``schema`` from nested plain data, checking every key and type; one-line errors."""
+    return _build(schema, data, "")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise RunSpecError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = _hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        if name not in fields:
+            raise RunSpecError(f"unknown key '{prefix}{name}'{nearest(str(name), fields)}")
+        hint = hints[name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except RunSpecError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise RunSpecError(f"{prefix.rstrip('.') or 'config'}: {err}") from None
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    import types
+    import typing
+
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise RunSpecError(f"{path}: a value is required (got null)")
+    base = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) in (
+        typing.Union, types.UnionType) else hint  # fmt: skip
+    origin = typing.get_origin(base) or base
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise RunSpecError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+        raise RunSpecError(f"{path}: expected true or false, got {value!r}")
+    if origin is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise RunSpecError(f"{path}: expected an integer, got {value!r}")
+    if origin is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise RunSpecError(f"{path}: expected a number, got {value!r}")
+    if origin is str:
+        if isinstance(value, str):
+            return value
+        raise RunSpecError(f"{path}: expected a string, got {value!r}")
+    return value
+
+
+# ---- command-line overrides ------------------------------------------------------------------------------------
+def check_override_keys(overrides: list[str], schema: type = FederatedConfig) -> None:
+    """Refuse ``key=value`` overrides whose key is not in ``schema`` (before Hydra composes anything).
+
+    Group selections (``partition=iid``), ``+``/``~`` overrides, ``hydra.*`` keys and keys below a dictionary
+    field (``strategy.params.beta``: Hydra checks those against the chosen group's file) pass through."""
+    import typing
+
+    for item in overrides:
+        if item.startswith(("-", "+", "~")) or "=" not in item:
+            continue
+        key = item.split("=", 1)[0]
+        if key.startswith("hydra.") or key == "hydra":
+            continue
+        cls, walked = schema, []
+        for part in key.split("."):
+            fields = {f.name: f for f in dataclasses.fields(cls)}
+            if part not in fields:
+                where = ".".join(walked)
+                valid = [f"{where}.{f}" if where else f for f in fields]
+                raise RunSpecError(f"unknown configuration key {key!r}{nearest('.'.join([*walked, part]), valid)}")
+            walked.append(part)
+            hint = typing.get_type_hints(cls)[part]
+            if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+                break
+            cls = hint

@@ -44,7 +44,7 @@ DEFAULT_MAX_ATTEMPTS = 1000
 class PartitionConfig:
     """How to split the data among clients; mirrors the Hydra group ``partition`` (the seed is the run's)."""
 
-    scheme: str = "iid"
+    scheme: str = "dirichlet"
     n_clients: int = 10
     alpha: float = 0.5  # Dirichlet concentration (dirichlet, quantity_skew); smaller = more skew
     by: str = ATTACK_CAT  # class column for dirichlet / pathological / histograms: attack_cat or label

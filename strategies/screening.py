@@ -72,6 +72,8 @@ class ScreeningConfig:
     use_clustering: bool = True
     use_isolation: bool = True
     min_clients: int = 5  # fewer updates than this: no statistics (only duplicates, reputation and clipping)
+    max_weight_ratio: float | None = 6.0  # a client's weight (num-examples) is at most this x the round's median
+    # claim (strategies.weights.cap_weights); None: claims are used as they are
     # spread floors, so that near-identical benign updates do not turn tiny differences into huge z-scores
     relative_spread_floor: float = 0.05  # of |median| for norm and krum (of 1 for log norms)
     cosine_spread_floor: float = 0.05
@@ -91,6 +93,8 @@ class ScreeningConfig:
             raise ValueError(f"reputation_decay must be in [0, 1), got {self.reputation_decay}")
         if self.reputation_recovery is not None and not 0.0 <= self.reputation_recovery < 1.0:
             raise ValueError(f"reputation_recovery must be in [0, 1), got {self.reputation_recovery}")
+        if self.max_weight_ratio is not None and not 1.0 <= float(self.max_weight_ratio) < float("inf"):
+            raise ValueError(f"max_weight_ratio must be a finite number >= 1 or null, got {self.max_weight_ratio}")
 
 
 @dataclass

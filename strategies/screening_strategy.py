@@ -6,7 +6,10 @@
 1. sorts the replies (``inner.reply_key``) and rejects malformed ones with a reason (:mod:`strategies.reply_checks`);
 2. turns the rest into update vectors (reply - broadcast global model) and screens them
    (:class:`strategies.screening.UpdateScreen`: scores, votes, reputation, clipping);
-3. hands the accepted, clipped updates (as global + clipped delta) to ``inner.aggregate_train``.
+3. hands the accepted, clipped updates (as global + clipped delta) to ``inner.aggregate_train``, each with its
+   weight (``num-examples``) capped at ``max_weight_ratio`` x the median claim of the round's well-formed
+   replies (:func:`strategies.weights.cap_weights`), so that no inner strategy sees a client's own claim when
+   it exceeds the cap.
 
 If every update is rejected the previous global model stands (Flower keeps it when arrays are None).
 Every decision is kept in ``decisions[round]`` for the run outputs. With ``updates_dir`` set, every round's
@@ -27,7 +30,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from strategies.screening import Decision, ScreeningConfig, UpdateScreen
-from strategies.updates import collect_updates, unflatten, with_weights
+from strategies.updates import claimed_weights, collect_updates, unflatten, with_weights
+from strategies.weights import cap_weights
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +71,27 @@ class ScreeningStrategy(Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         key = getattr(self.inner, "reply_key", lambda r: int(r.metadata.src_node_id))
         replies = sorted(replies, key=key)
-        batch = collect_updates(replies, self._global, self._client_id)
+        weight_key = str(getattr(self.inner, "weighted_by_key", "num-examples"))
+        batch = collect_updates(replies, self._global, self._client_id, weight_key)
         decisions: list[Decision] = list(batch.rejected)
         accepted_replies: list[Message] = []
         if batch.replies:
             screened, kept = self.screen.screen(batch.clients, batch.deltas)
             decisions.extend(screened)
+            claims = claimed_weights(batch.replies, weight_key)
+            weights = cap_weights(claims, self.screen.config.max_weight_ratio)
+            for decision, claim, weight in zip(screened, claims, weights):
+                decision.scores["weight_claimed"], decision.scores["weight"] = float(claim), float(weight)
+                if weight < claim:
+                    decision.reasons.append(f"{weight_key} {claim:g} capped at {weight:g}")
             if self.updates_dir is not None:
-                save_updates(self.updates_dir, server_round, batch.clients, batch.deltas, [d.accepted for d in screened])
-            good = [reply for reply, decision in zip(batch.replies, screened) if decision.accepted]
-            for reply, delta in zip(good, kept):
-                accepted_replies.append(with_weights(reply, unflatten(batch.base + delta, self._global, batch.names)))
+                save_updates(self.updates_dir, server_round, batch.clients, batch.deltas,
+                             [d.accepted for d in screened], claims)  # fmt: skip
+            good = [(reply, claim, weight) for reply, decision, claim, weight
+                    in zip(batch.replies, screened, claims, weights) if decision.accepted]  # fmt: skip
+            for (reply, claim, weight), delta in zip(good, kept):
+                arrays = unflatten(batch.base + delta, self._global, batch.names)
+                accepted_replies.append(with_weights(reply, arrays, (weight_key, weight) if weight < claim else None))
         decisions.sort(key=lambda d: d.client)
         self.decisions[server_round] = [{"round": server_round, **d.as_dict()} for d in decisions]
         record = getattr(self.inner, "record_replies", None)
@@ -96,8 +110,11 @@ class ScreeningStrategy(Strategy):
 
 
 
-def save_updates(folder: Path, server_round: int, clients: list[int], deltas: np.ndarray, accepted: list[bool]) -> None:
-    """One round's update vectors as ``folder/round_NNN.npz`` (read by benchmarks/screening_replay.py)."""
+def save_updates(folder: Path, server_round: int, clients: list[int], deltas: np.ndarray, accepted: list[bool],
+                 claims: np.ndarray | None = None) -> None:  # fmt: skip
+    """One round's update vectors (and the weights the clients claimed) as ``folder/round_NNN.npz`` (read by
+    benchmarks/screening_replay.py)."""
     folder.mkdir(parents=True, exist_ok=True)
+    extra = {} if claims is None else {"claims": np.asarray(claims, dtype=np.float64)}
     np.savez_compressed(folder / f"round_{server_round:03d}.npz", clients=np.asarray(clients),
-                        deltas=np.asarray(deltas, dtype=np.float32), accepted=np.asarray(accepted))  # fmt: skip
+                        deltas=np.asarray(deltas, dtype=np.float32), accepted=np.asarray(accepted), **extra)  # fmt: skip

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.app.message import make_message
 
 from strategies.reply_checks import check_train_reply, expected_metric_keys
@@ -43,15 +43,15 @@ class UpdateBatch:
     rejected: list[Decision] = field(default_factory=list)
 
 
-def collect_updates(replies: list[Message], global_arrays: dict[str, np.ndarray],
-                    client_id: Callable[[Message], int]) -> UpdateBatch:  # fmt: skip
+def collect_updates(replies: list[Message], global_arrays: dict[str, np.ndarray], client_id: Callable[[Message], int],
+                    weighted_by_key: str = "num-examples") -> UpdateBatch:  # fmt: skip
     """Check every reply (:mod:`strategies.reply_checks`) and flatten the good ones into update vectors."""
     names = sorted(global_arrays)
     batch = UpdateBatch(base=flatten(global_arrays, names), names=names)
     expected = expected_metric_keys(replies)
     rows = []
     for reply in replies:
-        reason = check_train_reply(reply, global_arrays, expected)
+        reason = check_train_reply(reply, global_arrays, expected, weighted_by_key)
         if reason:
             batch.rejected.append(Decision(client=client_id(reply), accepted=False, reasons=[reason]))
             continue
@@ -62,7 +62,15 @@ def collect_updates(replies: list[Message], global_arrays: dict[str, np.ndarray]
     return batch
 
 
-def with_weights(reply: Message, arrays: ArrayRecord) -> Message:
-    """A copy of ``reply`` carrying ``arrays`` instead of its own (metrics and metadata kept)."""
+def claimed_weights(replies: list[Message], weighted_by_key: str = "num-examples") -> np.ndarray:
+    """The weight each (well-formed) reply claims for itself, in the replies' order."""
+    return np.array([float(next(iter(r.content.metric_records.values()))[weighted_by_key]) for r in replies])
+
+
+def with_weights(reply: Message, arrays: ArrayRecord, weight: tuple[str, float] | None = None) -> Message:
+    """A copy of ``reply`` carrying ``arrays`` instead of its own (metadata kept; metrics kept, except the
+    metric ``weight[0]``, which becomes ``weight[1]`` when ``weight`` is given)."""
     metric_key, metrics = next(iter(reply.content.metric_records.items()))
+    if weight is not None:
+        metrics = MetricRecord({**dict(metrics), weight[0]: weight[1]})
     return make_message(metadata=reply.metadata, content=RecordDict({"arrays": arrays, metric_key: metrics}))

@@ -169,3 +169,17 @@ def test_robust_z_ignores_the_outliers_it_measures():
     z = robust_z(values)
     assert z[-1] > 100 and np.all(np.abs(z[:-1]) < 2)
     assert np.all(np.isfinite(robust_z(np.ones(5))))  # zero MAD does not divide by zero
+
+
+def test_weight_cap_bounds_liars_by_the_median_claim_and_leaves_honest_spread_alone():
+    from strategies.weights import cap_weights
+
+    honest = np.array([50.0, 80, 100, 100, 120, 150, 380])  # 3.8 x the median, as the default run's largest client
+    liars = np.array([1e9, 1e12, 1e15])  # fewer than half: the median stays an honest claim
+    capped = cap_weights(np.concatenate([honest, liars]), 6.0)
+    np.testing.assert_array_equal(capped[:7], honest)
+    np.testing.assert_array_equal(capped[7:], 6.0 * np.median(np.concatenate([honest, liars])))
+    np.testing.assert_array_equal(cap_weights(honest, None), honest)
+    for bad in (0.5, float("nan")):
+        with pytest.raises(ValueError, match="ratio"):
+            cap_weights(honest, bad)

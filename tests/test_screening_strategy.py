@@ -119,3 +119,78 @@ def test_update_vectors_are_saved_for_offline_replay_when_asked(tmp_path):
         assert saved["deltas"].shape == (10, 20 * 10 + 10)
         np.testing.assert_allclose(saved["deltas"][9][:200], (updates[9]["a"] - glob["a"]).ravel(), rtol=1e-5)
         assert not saved["accepted"][9] and saved["accepted"][:9].all()
+
+
+def _takeover_round(config_params: dict):
+    """10 honest clients of 100 examples; client 9's update is honest-looking plus a small foreign component,
+    and it claims 1e9 examples."""
+    rng = np.random.default_rng(3)
+    nodes = [1000 + i for i in range(10)]
+    strategy = build_strategy("screening", config_params, n_nodes=10,
+                              node_ranks={node: i for i, node in enumerate(nodes)})  # fmt: skip
+    glob = {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+    strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in glob.items()}), ConfigRecord(), FakeGrid(nodes))
+    direction = {k: rng.normal(size=s).astype(np.float32) * 0.1 for k, s in SHAPES.items()}
+    foreign = {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
+    foreign["b"][0] = 0.05  # a component no honest client moves
+    updates = [{k: glob[k] + direction[k] * rng.uniform(0.8, 1.2) + 0.01 * rng.normal(size=s).astype(np.float32)
+                for k, s in SHAPES.items()} for _ in range(10)]  # fmt: skip
+    for k in SHAPES:
+        updates[9][k] = updates[9][k] + foreign[k]
+    replies = [reply(n, u, {"num-examples": 10**9 if i == 9 else 100, "train_loss": 0.5})
+               for i, (n, u) in enumerate(zip(nodes, updates))]  # fmt: skip
+    arrays, _ = strategy.aggregate_train(1, replies)
+    step = arrays["b"].numpy()[0] - glob["b"][0]
+    honest = np.mean([u["b"][0] - glob["b"][0] for u in updates[:9]])
+    share = (step - honest) / (updates[9]["b"][0] - glob["b"][0] - honest)  # the liar's weight in the aggregate
+    return strategy, share
+
+
+def test_without_a_cap_a_client_claiming_1e9_examples_takes_over_the_aggregate():
+    strategy, share = _takeover_round({"max_weight_ratio": None})
+    assert next(d for d in strategy.decisions[1] if d["client"] == 9)["verdict"] == "accept"
+    assert share > 0.99
+
+
+def test_the_weight_cap_bounds_a_liars_share_of_the_aggregate():
+    strategy, share = _takeover_round({})
+    liar = next(d for d in strategy.decisions[1] if d["client"] == 9)
+    assert liar["verdict"] == "accept" and liar["scores"]["weight_claimed"] == 1e9
+    assert liar["scores"]["weight"] == 600.0 and "num-examples 1e+09 capped at 600" in liar["reasons"]
+    assert share == pytest.approx(600 / (600 + 900), abs=0.02)  # 6 x the median claim of 100 against 9 x 100
+    assert all(d["scores"]["weight"] == 100.0 for d in strategy.decisions[1] if d["client"] != 9)
+
+
+INNER = ["fedavg", "fedprox", "fedavgm", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan",
+         "flame", "centered_clipping"]
+
+
+@pytest.mark.parametrize("inner", INNER)
+def test_every_inner_strategy_sees_the_capped_weights(inner):
+    strategy, nodes, glob, _, benign = setup()
+    strategy = build_strategy("screening", {"inner": inner}, n_nodes=10,
+                              node_ranks={node: i for i, node in enumerate(nodes)})  # fmt: skip
+    strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in glob.items()}), ConfigRecord(), FakeGrid(nodes))
+    seen = []
+    original = strategy.inner.aggregate_train
+
+    def spy(server_round, replies):
+        replies = list(replies)
+        seen.extend(float(r.content["metrics"]["num-examples"]) for r in replies)
+        return original(server_round, replies)
+
+    strategy.inner.aggregate_train = spy
+    claims = [50, 80, 100, 100, 120, 150, 90, 110, 100, 10**9]
+    replies = [reply(n, u, {"num-examples": c, "train_loss": 0.5}) for n, u, c in zip(nodes, benign, claims)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None and len(seen) == 10
+    assert max(seen) == 600.0 and sorted(seen)[:-1] == sorted(float(c) for c in claims[:-1])
+    assert strategy.inner.client_train[1][9]["num-examples"] == 10**9  # the report keeps what the client claimed
+
+
+def test_max_weight_ratio_is_checked():
+    from strategies.registry import StrategyConfigError
+
+    for bad in (0.5, float("nan"), float("inf")):
+        with pytest.raises(StrategyConfigError, match="max_weight_ratio"):
+            build_strategy("screening", {"max_weight_ratio": bad}, n_nodes=10)

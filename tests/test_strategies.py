@@ -177,3 +177,19 @@ def test_fltrust_asks_the_server_for_as_many_local_steps_as_a_median_client_take
     # 3300 rows in batches of 64 are 52 steps; 200 root rows are 4 steps a pass: 13 passes
     assert root_passes(3300, 200, 64, 1) == 13 and root_passes(3300, 200, 64, 2) == 26
     assert root_passes(10, 200, 64, 1) == 1 and root_passes(0, 0, 64, 1) == 1
+
+
+def test_the_screening_conf_holds_the_screening_defaults():
+    """conf/strategy/screening.yaml's params and ScreeningConfig agree (the weight cap included)."""
+    from hydra import compose, initialize_config_dir
+
+    from simulation.centralized import CONF_DIR
+    from simulation.federated import strategy_params
+    from strategies.registry import split_screening_params
+    from strategies.screening import ScreeningConfig
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("federated", overrides=["strategy=screening"])
+    _, _, config = split_screening_params(strategy_params(cfg))
+    assert config == ScreeningConfig()
+    assert config.max_weight_ratio == 6.0

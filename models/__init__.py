@@ -1,30 +1,7 @@
-"""Flow classifiers: the Detector interface, baselines, the CNN-LSTM, training loops, weight helpers."""
+"""Flow classifiers: the Detector interface and baselines (:mod:`models.baselines`), the model families
+(:mod:`models.registry`, :mod:`models.family`; one subpackage per family), checkpoints (:mod:`models.checkpoint`),
+training loops (:mod:`models.training`) and weight helpers (:mod:`models.weights`).
 
-from models.base import Detector
-from models.baselines import (
-    DETECTOR_NAMES,
-    LogRegDetector,
-    RandomForestDetector,
-    XGBoostDetector,
-    make_detector,
-)
-from models.cnn_lstm import CNNLSTM, CNNLSTMDetector
-from models.training import TrainHistory, predict_logits, train_torch_classifier
-from models.weights import get_weights, set_weights, weight_keys
-
-__all__ = [
-    "CNNLSTM",
-    "CNNLSTMDetector",
-    "DETECTOR_NAMES",
-    "Detector",
-    "LogRegDetector",
-    "RandomForestDetector",
-    "TrainHistory",
-    "XGBoostDetector",
-    "get_weights",
-    "make_detector",
-    "predict_logits",
-    "set_weights",
-    "train_torch_classifier",
-    "weight_keys",
-]
+The package imports nothing itself, so that naming a family or reading a model specification does not load
+torch: import the submodule you need.
+"""

@@ -1,4 +1,5 @@
-"""Baseline classifiers (scikit-learn, XGBoost) behind the Detector interface, and the factory."""
+"""Baseline classifiers (scikit-learn, XGBoost) behind the Detector interface, and the factory that also builds
+every model family's centralized detector."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ __all__ = [
     "RandomForestDetector",
     "XGBoostDetector",
     "DETECTOR_NAMES",
+    "ESTIMATORS",
+    "detector_names",
     "make_detector",
 ]
 
@@ -145,18 +148,21 @@ class XGBoostDetector(_EstimatorDetector):
         return len(self.model_.get_booster().save_raw(raw_format="ubj"))
 
 
-def _registry() -> dict[str, type[Detector]]:
-    from models.cnn_lstm import CNNLSTMDetector
-
-    return {
-        "logreg": LogRegDetector,
-        "random_forest": RandomForestDetector,
-        "xgboost": XGBoostDetector,
-        "cnn_lstm": CNNLSTMDetector,
-    }
+ESTIMATORS: dict[str, type[Detector]] = {
+    "logreg": LogRegDetector,
+    "random_forest": RandomForestDetector,
+    "xgboost": XGBoostDetector,
+}
 
 
-DETECTOR_NAMES: tuple[str, ...] = ("logreg", "random_forest", "xgboost", "cnn_lstm")
+def detector_names() -> tuple[str, ...]:
+    """The baselines, then every model family (a family's centralized detector is its ``detector_class()``)."""
+    from models.registry import family_names
+
+    return (*ESTIMATORS, *family_names())
+
+
+DETECTOR_NAMES: tuple[str, ...] = detector_names()
 
 
 def make_detector(name: str, seed: int = 0, **params: Any) -> Detector:
@@ -164,9 +170,15 @@ def make_detector(name: str, seed: int = 0, **params: Any) -> Detector:
 
     Valid names: ``DETECTOR_NAMES``. Raises ValueError on an unknown name or parameter.
     """
-    registry = _registry()
+    if name in ESTIMATORS:
+        return ESTIMATORS[name](seed=seed, **params)
+    from models.registry import UnknownModelFamily, get_family
+
     try:
-        cls = registry[name]
-    except KeyError:
-        raise ValueError(f"unknown detector {name!r}; valid names: {', '.join(DETECTOR_NAMES)}") from None
+        family = get_family(name)
+    except UnknownModelFamily:
+        raise ValueError(f"unknown detector {name!r}; valid names: {', '.join(detector_names())}") from None
+    cls = family.detector_class()
+    if cls is None:
+        raise ValueError(f"model family {name!r} has no centralized detector")
     return cls(seed=seed, **params)

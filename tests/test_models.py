@@ -8,18 +8,11 @@ import torch
 from sklearn.datasets import make_classification
 from sklearn.preprocessing import StandardScaler
 
-from models import (
-    CNNLSTM,
-    DETECTOR_NAMES,
-    CNNLSTMDetector,
-    Detector,
-    get_weights,
-    make_detector,
-    predict_logits,
-    set_weights,
-    train_torch_classifier,
-    weight_keys,
-)
+from models.base import Detector
+from models.baselines import DETECTOR_NAMES, make_detector
+from models.cnn_lstm import CNNLSTM, CNNLSTMDetector
+from models.training import predict_logits, train_torch_classifier
+from models.weights import get_weights, set_weights, weight_keys
 
 SMALL_NET = dict(conv_channels=8, lstm_hidden=16, dense=16, dropout=0.1)
 FAST_TRAIN = dict(epochs=15, batch_size=64, lr=3e-3, patience=3, progress=False)

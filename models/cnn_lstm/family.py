@@ -1,0 +1,39 @@
+"""The CNN-LSTM's registry entry: one encoded flow row in, one logit out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from models.cnn_lstm.params import CNNLSTMParams
+from models.flow_rows import FlowRowFamily
+
+__all__ = ["FAMILY", "CNNLSTMFamily"]
+
+
+class CNNLSTMFamily(FlowRowFamily):
+    """Conv1d + LSTM over the encoded feature vector (:class:`models.cnn_lstm.network.CNNLSTM`); exported in its
+    unrolled form (:class:`models.cnn_lstm.export_form.UnrolledCNNLSTM`)."""
+
+    name = "cnn_lstm"
+    params_type = CNNLSTMParams
+    modules = ("models.cnn_lstm",)  # the package: network, params, detector, export_form, family
+
+    def build(self, n_features: int, params: Mapping) -> nn.Module:
+        from models.cnn_lstm.network import CNNLSTM
+
+        return CNNLSTM(int(n_features), **dict(params))
+
+    def export_form(self, model: nn.Module) -> nn.Module:
+        from models.cnn_lstm.export_form import UnrolledCNNLSTM
+
+        return UnrolledCNNLSTM(model.eval())
+
+    def detector_class(self) -> type:
+        from models.cnn_lstm.detector import CNNLSTMDetector
+
+        return CNNLSTMDetector
+
+
+FAMILY = CNNLSTMFamily()

@@ -23,7 +23,9 @@ never a fixed threshold on the raw score) exceeds ``z_threshold`` in the view's 
 rejected when
 
 * at least ``min_votes`` views flag it, or its log norm is beyond twice the threshold;
-* its update is a near-copy of another client's (colluding attacks send one crafted vector from every attacker);
+* its update is a near-copy of another client's (colluding attacks send one crafted vector from every attacker),
+  unless every update of the round is a copy of every other: with no update disagreeing, identical updates are
+  agreement (clients of the same data, a converged model), not collusion;
 * its cosine to the reference, averaged over rounds, is below ``alignment_floor``: with non-IID clients the
   cosine of a single round is too noisy to convict (honest minority clients dip below 0 now and then), but a sign
   flipper points against the majority round after round;
@@ -144,16 +146,20 @@ def majority_reference(vectors: np.ndarray, assumed_malicious: float, iterations
     return reference
 
 
-def nearest_twins(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(index of, cosine to) each vector's most similar other vector. Colluding attacks (ALIE, IPM, min-max,
-    min-sum) have every attacker send the same crafted update; honest clients with their own data and seeds
-    never send copies (the FoolsGold observation: Fung et al., "The Limitations of Federated Learning in Sybil
-    Settings", RAID 2020)."""
+def nearest_twins(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(index of, cosine to) each vector's most similar other vector, and the lowest cosine between any two.
+
+    Colluding attacks (ALIE, IPM, min-max, min-sum) have every attacker send the same crafted update; honest
+    clients with their own data and seeds never send copies (the FoolsGold observation: Fung et al., "The
+    Limitations of Federated Learning in Sybil Settings", RAID 2020). When even the lowest pairwise cosine is a
+    copy's, no update disagrees: the round is agreement (the same data, a converged model), not collusion."""
     unit = unit_rows(vectors)
     similarity = unit @ unit.T
+    np.fill_diagonal(similarity, np.inf)
+    lowest = float(similarity.min()) if len(vectors) >= 2 else -1.0
     np.fill_diagonal(similarity, -np.inf)
     twins = np.argmax(similarity, axis=1)
-    return twins, similarity[np.arange(len(vectors)), twins]
+    return twins, similarity[np.arange(len(vectors)), twins], lowest
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -262,7 +268,8 @@ class UpdateScreen:
         if deltas.shape[0] != n:
             raise ValueError(f"{n} clients but {deltas.shape[0]} updates")
         enough = n >= config.min_clients
-        twins, similarity = nearest_twins(deltas) if n >= 2 else (np.zeros(n, dtype=int), np.full(n, -1.0))
+        twins, similarity, lowest = nearest_twins(deltas) if n >= 2 else (np.zeros(n, dtype=int), np.full(n, -1.0), -1.0)
+        agreement = n >= 2 and lowest >= config.duplicate_cosine  # every update a copy of every other
         scores = view_scores(deltas, config, similarity) if enough else {"norm": np.linalg.norm(deltas, axis=1)}
         scores["similarity"] = similarity
         badness = view_badness(scores, config) if enough else {}
@@ -281,7 +288,7 @@ class UpdateScreen:
             rejections = []
             if not clean_round:
                 rejections.append(("extreme norm; " if extreme_norm else "") + "outlier in " + ", ".join(flagged))
-            if similarity[i] >= config.duplicate_cosine:
+            if similarity[i] >= config.duplicate_cosine and not agreement:
                 rejections.append(f"near-duplicate of client {clients[int(twins[i])]} "
                                   f"(cosine {similarity[i]:.4f})")  # fmt: skip
             if config.alignment_memory and "cosine" in scores:
@@ -291,6 +298,8 @@ class UpdateScreen:
             if reputation < config.reputation_floor:
                 rejections.append(f"reputation {reputation:.2f} < {config.reputation_floor}")
             notes = list(rejections)
+            if agreement:
+                notes.append(f"identical to every other update of the round (cosine >= {lowest:.4f}): agreement")
             if not rejections and flagged:
                 notes.append(f"flagged by {', '.join(flagged)} only (below min_votes)")
             decisions.append(Decision(client=client, accepted=not rejections, reasons=notes,

@@ -183,3 +183,29 @@ def test_weight_cap_bounds_liars_by_the_median_claim_and_leaves_honest_spread_al
     for bad in (0.5, float("nan")):
         with pytest.raises(ValueError, match="ratio"):
             cap_weights(honest, bad)
+
+
+@pytest.mark.parametrize("n", [3, 10, 20])
+def test_a_round_of_identical_updates_is_agreement_not_collusion(n):
+    rng = np.random.default_rng(6)
+    update = rng.normal(size=300)
+    updates = np.tile(update, (n, 1)) * (1 + 1e-7 * rng.normal(size=(n, 1)))  # identical up to float rounding
+    screen = UpdateScreen()
+    for _ in range(3):  # and again next round: no reputation lost
+        decisions, kept = screen.screen(list(range(n)), updates)
+        assert all(d.accepted for d in decisions), [(d.client, d.reasons) for d in decisions if not d.accepted]
+        assert len(kept) == n
+        assert all(any("agreement" in r for r in d.reasons) for d in decisions)
+        np.testing.assert_allclose(kept.mean(axis=0), update, rtol=1e-5)
+
+
+def test_a_colluding_majority_among_disagreeing_honest_clients_is_still_caught():
+    """The agreement rule needs every update of the round to agree: 12 copies beside 8 honest clients are not
+    agreement, whatever their number."""
+    rng = np.random.default_rng(7)
+    updates, _ = benign_updates(20, rng, spread=1.0)
+    updates[8:] = updates[:8].mean(axis=0) - 0.5 * updates[:8].std(axis=0)
+    decisions, _ = UpdateScreen().screen(list(range(20)), updates)
+    rejected = {d.client for d in decisions if not d.accepted}
+    assert rejected >= set(range(8, 20))
+    assert all(any("near-duplicate" in r for r in d.reasons) for d in decisions[8:])

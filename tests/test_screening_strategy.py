@@ -194,3 +194,11 @@ def test_max_weight_ratio_is_checked():
     for bad in (0.5, float("nan"), float("inf")):
         with pytest.raises(StrategyConfigError, match="max_weight_ratio"):
             build_strategy("screening", {"max_weight_ratio": bad}, n_nodes=10)
+
+
+def test_a_round_where_every_client_sends_the_same_update_is_aggregated():
+    strategy, nodes, glob, _, benign = setup()
+    arrays, _ = strategy.aggregate_train(1, [reply(n, benign[0]) for n in nodes])
+    assert arrays is not None  # not skipped as ten near-copies
+    np.testing.assert_allclose(arrays["a"].numpy(), benign[0]["a"], rtol=1e-5, atol=1e-6)
+    assert all(d["verdict"] == "accept" for d in strategy.decisions[1])

@@ -53,3 +53,26 @@ def test_min_sum_keeps_the_summed_squared_distance_within_the_benign_maximum(ben
     assert gamma > 0 and sum(np.sum((bad - b) ** 2) for b in benign) <= bound * (1 + 1e-9)
     beyond = benign.mean(0) + (gamma + 1e-3) * p
     assert sum(np.sum((beyond - b) ** 2) for b in benign) > bound
+
+
+@pytest.mark.parametrize("n", [2, 3, 10, 20, 51])
+def test_alie_z_max_is_finite_for_every_attacker_count_the_fraction_allows(n):
+    """f >= floor(n/2 + 1) made the paper's s <= 0 and raised StatisticsError; s is then taken as 1."""
+    values = [ua.alie_z_max(n, f) for f in range(1, n + 1)]
+    assert all(np.isfinite(values))
+    assert values == sorted(values)  # more attackers need fewer supporters: z never shrinks
+    majority = int(np.floor(n / 2 + 1))
+    for f in range(majority, n + 1):
+        assert ua.alie_z_max(n, f) == pytest.approx(float(ua.NormalDist().inv_cdf((n - 1) / n)))
+
+
+@pytest.mark.parametrize("n, f", [(1, 1), (10, 0), (10, 11), (10, -1)])
+def test_alie_z_max_refuses_counts_without_meaning(n, f):
+    with pytest.raises(ValueError, match="ALIE needs"):
+        ua.alie_z_max(n, f)
+
+
+def test_alie_uses_the_population_standard_deviation_as_the_authors_code(benign):
+    crafted = ua.alie(benign, 20, 4, z=1.0)
+    np.testing.assert_allclose(crafted, benign.mean(0) - np.sqrt(benign.var(0, ddof=0)))
+    assert not np.allclose(crafted, benign.mean(0) - benign.std(0, ddof=1))

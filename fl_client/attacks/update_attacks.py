@@ -34,12 +34,29 @@ def scaling(update: np.ndarray, factor: float) -> np.ndarray:
 
 
 def alie_z_max(n_clients: int, n_malicious: int) -> float:
-    """Baruch et al.'s z_max: the number of benign clients an attacker needs on its side, as a normal quantile."""
-    s = int(np.floor(n_clients / 2 + 1)) - n_malicious
-    return float(NormalDist().inv_cdf((n_clients - s) / n_clients))
+    """Baruch et al.'s z_max = Phi^-1((n - s) / n), with s = floor(n/2 + 1) - f the benign clients the attackers
+    need on their side for a majority.
+
+    Once the attackers are a majority by themselves (f >= floor(n/2 + 1), which ``attack.fraction`` allows),
+    the paper's s is 0 or negative and (n - s) / n >= 1 has no normal quantile; s is then taken as 1 (the
+    attackers still stay within reach of one benign client), which gives the largest finite z_max of the
+    formula, Phi^-1((n - 1) / n)."""
+    n, f = int(n_clients), int(n_malicious)
+    if n < 2:
+        raise ValueError(f"ALIE needs at least 2 clients in the federation, got n_clients={n_clients}")
+    if not 1 <= f <= n:
+        raise ValueError(f"ALIE needs 1 <= n_malicious <= n_clients = {n}, got n_malicious={n_malicious}")
+    s = max(int(np.floor(n / 2 + 1)) - f, 1)
+    return float(NormalDist().inv_cdf((n - s) / n))
 
 
 def alie(benign: np.ndarray, n_clients: int, n_malicious: int, z: float | None = None) -> np.ndarray:
+    """``mean - z_max * std`` over the rows of ``benign``, coordinate-wise.
+
+    The standard deviation is the population one (ddof 0), as in the authors' code (Baruch et al.,
+    github.com/moranant/attacking_distributed_learning, ``malicious.py``: ``np.var(users_grads, axis=0) ** 0.5``);
+    the paper says only "standard deviation". Reimplementations on ``torch.std`` use the unbiased one, which
+    is larger by sqrt(m / (m - 1)) for m benign rows: 7% for m = 8."""
     z_max = alie_z_max(n_clients, n_malicious) if z is None else z
     return benign.mean(axis=0) - z_max * benign.std(axis=0)
 

@@ -304,3 +304,19 @@ def check_override_keys(overrides: list[str], schema: type = FederatedConfig) ->
             if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
                 break
             cls = hint
+
+
+# ---- views of a spec for the layers below ----------------------------------------------------------------------
+def data_settings(spec: RunSpec) -> "DataSettings":
+    """The rows of the run (same in every process): data set, subsample, split, root set."""
+    from flows.run_split import DataSettings
+
+    return DataSettings(data_dir=spec.dataset.data_dir, dataset=spec.dataset.name, file=spec.dataset.file,
+                        bad_records=spec.dataset.bad_records, subsample=spec.simulation.subsample,
+                        test_size=spec.simulation.test_size, seed=spec.seed,
+                        root_size=spec.simulation.root_size)  # fmt: skip
+
+
+def partition_for(spec: RunSpec, n_partitions: int) -> PartitionConfig:
+    """The run's partitioning for the federation's actual number of partitions."""
+    return dataclasses.replace(spec.partition, n_clients=int(n_partitions))

@@ -5,7 +5,7 @@ run's TRAIN rows; a real gateway's is the capture at ``node_config["data-path"]`
 Nothing but statistics and model weights leaves the client.
 
 * query: ``{"config": {"log-transform": bool}}`` -> the statistics records of :mod:`fl_client.statistics`;
-* train: ``{"arrays", "config": {"pipeline-state": JSON, "model-config": JSON, "server-round": int,
+* train: ``{"arrays", "config": {"pipeline-state": JSON, "model-spec": JSON, "server-round": int,
   "proximal-mu": float (FedProx only)}}`` -> ``{"arrays": ArrayRecord, "metrics": {"num-examples", "train_loss",
   "smote-rows", "partition-id"}}``; with the run-config flag ``smote`` the client oversamples its own encoded
   fit rows with SMOTE before training (``num-examples`` counts real records only);
@@ -15,7 +15,6 @@ Nothing but statistics and model weights leaves the client.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -24,87 +23,84 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from conf.schema import RunSpec, from_run_config
 from fl_client.attacks.client import changes_update, malicious_update
 from fl_client.attacks.config import DATA_ATTACKS, AttackConfig, malicious_partitions
 from fl_client.data import local_table
 from fl_client.matrices import client_matrices
 from fl_client.statistics import statistics_records
-from fl_client.training import build_model, evaluate_local, round_lr, train_local
-from strategies.updates import flatten, unflatten
+from models.checkpoint import ModelSpec
+from models.family import ModelFamily
+from models.weights import state_vector, vector_state
 
 log = logging.getLogger("flwr.botdefender.client")
 
 app = ClientApp()
 
 
-def _malicious_attack(context: Context, server_round: int) -> AttackConfig | None:
+def _spec(context: Context) -> RunSpec:
+    return from_run_config(context.run_config)
+
+
+def _malicious_attack(spec: RunSpec, context: Context, server_round: int) -> AttackConfig | None:
     """This client's attack in this round, if it is one of the run's malicious partitions and the attack is on."""
-    attack = AttackConfig.from_run_config(context.run_config)
+    attack = AttackConfig.of(spec.attack)
     if attack.name == "none" or "partition-id" not in context.node_config:
         return None
-    attackers = malicious_partitions(int(context.node_config["num-partitions"]), attack.fraction,
-                                     int(context.run_config.get("seed", 0)))  # fmt: skip
+    attackers = malicious_partitions(int(context.node_config["num-partitions"]), attack.fraction, spec.seed)
     active = int(context.node_config["partition-id"]) in attackers and attack.active(server_round)
     return attack if active else None
 
 
-def _train_seed(context: Context, partition_id: int, server_round: int) -> int:
-    return int(context.run_config.get("seed", 0)) * 1_000_003 + 7919 * partition_id + server_round
+def _train_seed(spec: RunSpec, partition_id: int, server_round: int) -> int:
+    return spec.seed * 1_000_003 + 7919 * partition_id + server_round
 
 
-def _honest_training(context: Context, msg: Message, X: np.ndarray, y: np.ndarray, partition_id: int):
+def _model(msg: Message) -> tuple[ModelFamily, torch.nn.Module]:
+    """The broadcast model: its family and the network with the broadcast weights."""
+    model_spec = ModelSpec.from_json(str(msg.content["config"]["model-spec"]))
+    model = model_spec.build()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model_spec.model_family, model
+
+
+def _honest_training(spec: RunSpec, msg: Message, X, y: np.ndarray, partition_id: int):
     """(model, loss): the broadcast model trained as an honest client would on (X, y)."""
     server_round = int(msg.content["config"].get("server-round", 0))
-    model = _model(msg)
-    loss = train_local(model, X, y, epochs=int(context.run_config.get("local-epochs", 1)),
-                       batch_size=int(context.run_config.get("batch-size", 64)),
-                       lr=round_lr(context.run_config, server_round),
-                       seed=_train_seed(context, partition_id, server_round),
-                       proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)))  # fmt: skip
+    family, model = _model(msg)
+    loss = family.train_local(model, X, y, epochs=spec.simulation.local_epochs,
+                              batch_size=spec.simulation.batch_size, lr=spec.round_lr(server_round),
+                              seed=_train_seed(spec, partition_id, server_round),
+                              proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)))  # fmt: skip
     return model, loss
-
-
-def _numpy_state(state: dict) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy() for k, v in state.items()}
-
-
-def _vector(state: dict) -> np.ndarray:
-    """A torch state dict as one float64 vector (the layout of :func:`strategies.updates.flatten`)."""
-    return flatten(_numpy_state(state), sorted(state))
 
 
 _BENIGN: dict[tuple, np.ndarray] = {}
 
 
-def _colluders_updates(context: Context, msg: Message, attack: AttackConfig) -> np.ndarray:
+def _colluders_updates(spec: RunSpec, context: Context, msg: Message, attack: AttackConfig) -> np.ndarray:
     """Honest updates of every attacker on its clean data (the colluders' pooled knowledge), cached per round."""
-    run_config, n = context.run_config, int(context.node_config["num-partitions"])
-    attackers = malicious_partitions(n, attack.fraction, int(run_config.get("seed", 0)))
+    n = int(context.node_config["num-partitions"])
+    attackers = malicious_partitions(n, attack.fraction, spec.seed)
     server_round = int(msg.content["config"].get("server-round", 0))
-    key = (run_config.get("out-dir", ""), server_round, tuple(attackers))
+    key = (spec.out_dir, repr(spec), server_round, tuple(attackers))
     if key not in _BENIGN:
-        base = _vector(msg.content["arrays"].to_torch_state_dict())
+        base = state_vector(msg.content["arrays"].to_torch_state_dict())
         rows = []
         for pid in attackers:
-            m = client_matrices(run_config, {"partition-id": pid, "num-partitions": n},
+            m = client_matrices(spec, {"partition-id": pid, "num-partitions": n},
                                 str(msg.content["config"]["pipeline-state"]))  # fmt: skip
-            model, _ = _honest_training(context, msg, m.X_fit, m.y_fit, pid)
-            rows.append(_vector(model.state_dict()) - base)
+            model, _ = _honest_training(spec, msg, m.X_fit, m.y_fit, pid)
+            rows.append(state_vector(model.state_dict()) - base)
         _BENIGN.clear()
         _BENIGN[key] = np.stack(rows)
     return _BENIGN[key]
 
 
-def _model(msg: Message) -> torch.nn.Module:
-    model = build_model(json.loads(str(msg.content["config"]["model-config"])))
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return model
-
-
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Reply with the feature statistics of this client's training rows."""
-    partition_id, table = local_table(context.run_config, context.node_config)
+    partition_id, table = local_table(_spec(context), context.node_config)
     log_transform = bool(msg.content["config"]["log-transform"])
     content = statistics_records(table, log_transform, partition_id)
     if table.skipped:
@@ -115,29 +111,30 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the broadcast model for ``local-epochs`` on the local fit rows; reply weights and metrics."""
-    torch.set_num_threads(int(context.run_config.get("client-threads", 1)))
+    """Train the broadcast model for ``local_epochs`` on the local fit rows; reply weights and metrics."""
+    spec = _spec(context)
+    torch.set_num_threads(spec.simulation.client_threads)
     config = msg.content["config"]
     partition_id = int(context.node_config.get("partition-id", -1))
     server_round = int(config.get("server-round", 0))
-    attack = _malicious_attack(context, server_round)
+    attack = _malicious_attack(spec, context, server_round)
     if attack is not None and attack.name == "absent":
         log.info("client %d: absent (reference run: sits round %d out)", partition_id, server_round)
         return Message(content=absent_reply(msg.content["arrays"], partition_id), reply_to=msg)
     data_attack = attack if attack is not None and attack.name in DATA_ATTACKS else None
-    m = client_matrices(context.run_config, context.node_config, str(config["pipeline-state"]), data_attack)
+    m = client_matrices(spec, context.node_config, str(config["pipeline-state"]), data_attack)
     started = time.perf_counter()
-    model, loss = _honest_training(context, msg, m.X_fit, m.y_fit, partition_id)
+    model, loss = _honest_training(spec, msg, m.X_fit, m.y_fit, partition_id)
     if attack is not None and changes_update(attack):
-        base = _vector(msg.content["arrays"].to_torch_state_dict())
+        state = model.state_dict()
+        base = state_vector(msg.content["arrays"].to_torch_state_dict())
         n = int(context.node_config["num-partitions"])
-        n_bad = len(malicious_partitions(n, attack.fraction, int(context.run_config.get("seed", 0))))
-        rng = np.random.default_rng([_train_seed(context, partition_id, server_round), 0xA77AC])
-        bad = malicious_update(attack, _vector(model.state_dict()) - base,
-                               lambda: _colluders_updates(context, msg, attack), n, n_bad, rng)  # fmt: skip
-        reference = _numpy_state(model.state_dict())
-        model.load_state_dict(unflatten(base + bad, reference, sorted(reference)).to_torch_state_dict())
-    log.info("client %d round %d: %d rows, train_loss %.4f%s", partition_id, server_round, len(m.X_fit), loss,
+        n_bad = len(malicious_partitions(n, attack.fraction, spec.seed))
+        rng = np.random.default_rng([_train_seed(spec, partition_id, server_round), 0xA77AC])
+        bad = malicious_update(attack, state_vector(state) - base,
+                               lambda: _colluders_updates(spec, context, msg, attack), n, n_bad, rng)  # fmt: skip
+        model.load_state_dict(vector_state(base + bad, state))
+    log.info("client %d round %d: %d examples, train_loss %.4f%s", partition_id, server_round, len(m.y_fit), loss,
              f" (malicious: {attack.name})" if attack else "")  # fmt: skip
     metrics = MetricRecord({"num-examples": int(m.n_real), "train_loss": float(loss),
                             "smote-rows": int(m.n_synthetic), "partition-id": partition_id,
@@ -156,11 +153,13 @@ def absent_reply(broadcast: ArrayRecord, partition_id: int) -> RecordDict:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Loss and accuracy of the broadcast model on the local validation rows (the fit rows if there are none)."""
-    torch.set_num_threads(int(context.run_config.get("client-threads", 1)))
+    spec = _spec(context)
+    torch.set_num_threads(spec.simulation.client_threads)
     partition_id = int(context.node_config.get("partition-id", -1))
-    m = client_matrices(context.run_config, context.node_config, str(msg.content["config"]["pipeline-state"]))
-    X_val, y_val = (m.X_val, m.y_val) if len(m.X_val) else (m.X_fit, m.y_fit)
-    loss, accuracy = evaluate_local(_model(msg), X_val, y_val)
-    metrics = MetricRecord({"num-examples": int(len(X_val)), "eval_loss": loss, "eval_accuracy": accuracy,
+    m = client_matrices(spec, context.node_config, str(msg.content["config"]["pipeline-state"]))
+    X_val, y_val = (m.X_val, m.y_val) if len(m.y_val) else (m.X_fit, m.y_fit)
+    family, model = _model(msg)
+    loss, accuracy = family.evaluate_local(model, X_val, y_val)
+    metrics = MetricRecord({"num-examples": int(len(y_val)), "eval_loss": loss, "eval_accuracy": accuracy,
                             "partition-id": partition_id})  # fmt: skip
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -15,29 +15,10 @@ import numpy as np
 
 from flows.errors import ConfigError
 from flows.loader import load_file
+from conf.schema import RunSpec, data_settings, partition_for
 from flows.partitioning import PartitionConfig, partition_from_config
 from flows.run_split import DataSettings, load_split
 from flows.table import FlowTable
-
-def partition_run_config(config: PartitionConfig) -> dict:
-    """The ``partition.*`` run-config keys of ``config`` (read back by :func:`partition_config_from_run_config`)."""
-    return {
-        "partition.scheme": config.scheme, "partition.alpha": float(config.alpha), "partition.by": config.by,
-        "partition.classes-per-client": int(config.classes_per_client), "partition.min-size": int(config.min_size),
-    }  # fmt: skip
-
-
-def partition_config_from_run_config(run_config: Mapping, n_clients: int) -> PartitionConfig:
-    """The partition settings of the run config (``partition.*`` keys) for ``n_clients`` partitions."""
-    return PartitionConfig(
-        scheme=str(run_config.get("partition.scheme", "iid")),
-        n_clients=int(n_clients),
-        alpha=float(run_config.get("partition.alpha", 0.5)),
-        by=str(run_config.get("partition.by", "attack_cat")),
-        classes_per_client=int(run_config.get("partition.classes-per-client", 2)),
-        min_size=int(run_config.get("partition.min-size", 10)),
-    )
-
 
 _PARTITIONS: dict[tuple, list[np.ndarray]] = {}
 
@@ -73,14 +54,14 @@ def _gateway_table(dataset: str, path: str, bad_records: str) -> FlowTable:
     return load_file(dataset, path, bad_records)  # type: ignore[arg-type]
 
 
-def local_table(run_config: Mapping, node_config: Mapping) -> tuple[int, FlowTable]:
+def local_table(spec: RunSpec, node_config: Mapping) -> tuple[int, FlowTable]:
     """(partition id, or -1 on a gateway; this node's training records) from the node config."""
     if "partition-id" in node_config:
         partition_id = int(node_config["partition-id"])
-        config = partition_config_from_run_config(run_config, int(node_config["num-partitions"]))
-        return partition_id, client_partition(DataSettings.from_run_config(run_config), config, partition_id)
+        config = partition_for(spec, int(node_config["num-partitions"]))
+        return partition_id, client_partition(data_settings(spec), config, partition_id)
     if "data-path" in node_config:
-        dataset = str(node_config.get("dataset", run_config.get("dataset", "unsw-nb15")))
+        dataset = str(node_config.get("dataset", spec.dataset.name))
         bad_records = str(node_config.get("bad-records", "skip"))
         return -1, _gateway_table(dataset, str(node_config["data-path"]), bad_records)
     raise ConfigError("node config has neither partition-id (simulation) nor data-path (gateway); start the "

@@ -8,6 +8,7 @@ attackers' clean matrices to estimate benign updates).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,11 +17,11 @@ import numpy as np
 
 from fl_client.attacks.config import AttackConfig
 from fl_client.attacks.data_attacks import DEFAULT_TRIGGER, backdoor, flip_labels
+from conf.schema import RunSpec, data_settings
 from fl_client.data import local_table, local_validation_split
 from flows.oversampling import smote
 from flows.pipeline_state import PipelineState
-from flows.run_split import DataSettings
-from flows.table import LABEL
+from models.registry import get_family
 
 CACHE_SIZE = 8
 _CACHE: OrderedDict[tuple, "ClientMatrices"] = OrderedDict()
@@ -49,30 +50,31 @@ def poison_frame(frame, attack: AttackConfig, seed: int):
     raise ValueError(f"{attack.name!r} is not a data attack")
 
 
-def client_matrices(run_config: Mapping, node_config: Mapping, state_json: str,
+def client_matrices(spec: RunSpec, node_config: Mapping, state_json: str,
                     data_attack: AttackConfig | None = None) -> ClientMatrices:  # fmt: skip
-    """This node's matrices; ``data_attack`` poisons its fit rows (malicious clients in attack rounds only)."""
-    use_smote = bool(run_config.get("smote", False))
-    key = (tuple(sorted(node_config.items())), DataSettings.from_run_config(run_config), state_json, use_smote,
-           None if data_attack is None else (data_attack.name, repr(dict(data_attack.params))),
-           float(run_config.get("val-fraction", 0.1)))  # fmt: skip
+    """This node's examples; ``data_attack`` poisons its fit rows (malicious clients in attack rounds only)."""
+    use_smote = spec.simulation.smote
+    key = (tuple(sorted(node_config.items())), data_settings(spec), repr(spec.partition), spec.model.name,
+           state_json, use_smote, None if data_attack is None else (data_attack.name, repr(dict(data_attack.params))),
+           spec.simulation.val_fraction)  # fmt: skip
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    partition_id, table = local_table(run_config, node_config)
+    partition_id, table = local_table(spec, node_config)
     state = PipelineState.from_json(state_json)
-    seed = int(run_config.get("seed", 0)) + 7919 * max(partition_id, 0)
-    fit_rows, val_rows = local_validation_split(len(table), float(run_config.get("val-fraction", 0.1)), seed)
-    fit_frame, val_frame = table.frame.iloc[fit_rows], table.frame.iloc[val_rows]
-    n_real = len(fit_frame)
+    family = get_family(spec.model.name)
+    seed = spec.seed + 7919 * max(partition_id, 0)
+    fit_rows, val_rows = local_validation_split(len(table), spec.simulation.val_fraction, seed)
+    fit, val = table.subset(fit_rows), table.subset(val_rows)
+    n_real = len(fit)
     if data_attack is not None:
-        fit_frame = poison_frame(fit_frame, data_attack, seed)
-    X_fit, y_fit = state.transform(fit_frame), fit_frame[LABEL].to_numpy(dtype=np.int64)
+        fit = dataclasses.replace(fit, frame=poison_frame(fit.frame, data_attack, seed).reset_index(drop=True))
+    X_fit, y_fit = family.batches(fit, state)
     n_synthetic = 0
     if use_smote:  # local fit rows only: validation rows never see synthetic neighbours
         X_fit, y_fit, n_synthetic = smote(X_fit, y_fit, seed)
-    matrices = ClientMatrices(X_fit, y_fit, state.transform(val_frame), val_frame[LABEL].to_numpy(dtype=np.int64),
-                              n_real, n_synthetic)  # fmt: skip
+    X_val, y_val = family.batches(val, state)
+    matrices = ClientMatrices(X_fit, y_fit, X_val, y_val, n_real, n_synthetic)
     _CACHE[key] = matrices
     while len(_CACHE) > CACHE_SIZE:
         _CACHE.popitem(last=False)

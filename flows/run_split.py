@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping
-
 from flows.loader import load_dataset
 from flows.protocols import stratified_split, stratified_subsample
 from flows.table import LABEL, FlowTable
@@ -21,25 +19,17 @@ log = logging.getLogger("flwr.botdefender.data")
 
 @dataclass(frozen=True)
 class DataSettings:
-    """What decides the rows of a run (hashable: it keys the per-process caches)."""
+    """What decides the rows of a run (hashable: it keys the per-process caches). Built from the run spec by
+    :func:`conf.schema.data_settings`."""
 
-    data_dir: str
+    data_dir: str = ""  # empty: $BOTDEFENDER_DATA_DIR
     dataset: str = "unsw-nb15"
+    file: str = ""  # one file of a multi-file source; empty: the source's default
+    bad_records: str = "error"
     subsample: int = 0  # 0 = all records
     test_size: float = 0.2
     seed: int = 0
     root_size: int = 0  # records carved (stratified) from the held-out split for a server root dataset
-
-    @classmethod
-    def from_run_config(cls, run_config: Mapping) -> "DataSettings":
-        return cls(
-            data_dir=str(run_config.get("data-dir", "")),
-            dataset=str(run_config.get("dataset", "unsw-nb15")),
-            subsample=int(run_config.get("subsample", 0)),
-            test_size=float(run_config.get("test-size", 0.2)),
-            seed=int(run_config.get("seed", 0)),
-            root_size=int(run_config.get("root-size", 0)),
-        )
 
 
 def load_split(settings: DataSettings) -> tuple[FlowTable, FlowTable]:
@@ -60,7 +50,8 @@ def server_root(settings: DataSettings) -> FlowTable:
 
 @lru_cache(maxsize=2)
 def _load_split(settings: DataSettings) -> tuple[FlowTable, FlowTable, FlowTable | None]:
-    table = load_dataset(settings.dataset, settings.data_dir or None)
+    table = load_dataset(settings.dataset, settings.data_dir or None, file=settings.file or None,
+                         bad_records=settings.bad_records)  # type: ignore[arg-type]
     n_loaded = len(table)
     if settings.subsample:
         table = stratified_subsample(table, settings.subsample, settings.seed)

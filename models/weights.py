@@ -7,13 +7,13 @@ statistics), which is what Flower ArrayRecords carry between server and clients.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["get_weights", "set_weights", "weight_keys"]
+__all__ = ["get_weights", "set_weights", "state_vector", "vector_state", "weight_keys"]
 
 
 def weight_keys(model: nn.Module) -> list[str]:
@@ -50,3 +50,25 @@ def set_weights(model: nn.Module, arrays: Sequence[np.ndarray]) -> None:
             )
         new_state[key] = torch.as_tensor(arr).to(dtype=ref.dtype, device=ref.device)
     model.load_state_dict(new_state, strict=True)
+
+
+def state_vector(state: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """A state dict as one float64 vector, entries in sorted key order (the layout of :func:`vector_state`)."""
+    names = sorted(state)
+    if not names:
+        return np.zeros(0)
+    return np.concatenate([state[n].detach().cpu().numpy().reshape(-1).astype(np.float64) for n in names])
+
+
+def vector_state(vector: np.ndarray, reference: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """The inverse of :func:`state_vector`: tensors shaped and typed like ``reference``'s entries."""
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    start = 0
+    for name in sorted(reference):
+        ref = reference[name]
+        size = ref.numel()
+        out[name] = torch.from_numpy(np.asarray(vector[start : start + size]).reshape(tuple(ref.shape))).to(ref.dtype)
+        start += size
+    if start != len(vector):
+        raise ValueError(f"vector has {len(vector)} values, the reference state {start}")
+    return OrderedDict((k, out[k]) for k in reference)

@@ -4,7 +4,7 @@
     python -m simulation -m partition.alpha=0.1,0.5,1.0    # one job after another, each in its own folder
 
 In a multirun, a job that fails writes its error to ``<job folder>/error.txt`` and the sweep goes on (the
-sweep ends with exit status 1 if any job failed); with ``simulation.skip_done=true`` a job whose folder already
+sweep ends with exit status 1 if any job failed); with ``launcher.skip_done=true`` a job whose folder already
 holds a finished ``metrics.json`` is skipped, so that an interrupted sweep with a fixed ``hydra.sweep.dir``
 resumes where it stopped.
 """
@@ -20,9 +20,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from conf.schema import RunSpecError, check_override_keys
 from flows.errors import FlowDataError
-from simulation.centralized import CONF_DIR
+from simulation.config import register
 from simulation.federated import SimulationConfigError, run_federated
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 log = logging.getLogger("simulation")
 
@@ -45,14 +48,14 @@ def finished(out_dir: Path, attacked: bool) -> dict | None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="federated")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hydra_config = HydraConfig.get()
     out_dir = Path(hydra_config.runtime.output_dir)
     sweeping = hydra_config.mode == RunMode.MULTIRUN
-    if cfg.simulation.get("skip_done") and finished(out_dir, cfg.attack.name != "none") is not None:
+    if cfg.launcher.skip_done and finished(out_dir, cfg.attack.name != "none") is not None:
         print(f"done already, skipped: {out_dir}")
         return
     signal.signal(signal.SIGTERM, _terminate)  # unwind like Ctrl-C, so the federation is stopped on the way out
@@ -75,8 +78,19 @@ def main(cfg: DictConfig) -> None:
           f"outputs: {out_dir}")  # fmt: skip
 
 
-if __name__ == "__main__":
-    main()
+def main() -> None:
+    """``python -m simulation`` / ``botdefender-simulate``: misspelled keys fail before Hydra composes anything."""
+    try:
+        check_override_keys(sys.argv[1:])
+    except RunSpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    register()
+    hydra_main()
     if FAILED_JOBS:  # a multirun went on past them; its exit status still says so
         print(f"{len(FAILED_JOBS)} job(s) failed (see error.txt in each): {', '.join(FAILED_JOBS)}", file=sys.stderr)
         raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

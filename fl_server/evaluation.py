@@ -1,0 +1,71 @@
+"""Central evaluation of the global model on the held-out split after every round, and the progress it reports.
+
+Each evaluation appends one JSON line to ``<out_dir>/progress.jsonl`` (round, rounds, loss, accuracy, f1, roc_auc,
+round seconds): the launcher follows that file to show progress, so nothing parses log text.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, MetricRecord
+
+from models.evaluation import bce_with_logits, detection_metrics
+from models.family import ModelFamily
+
+log = logging.getLogger("flwr.botdefender.server")
+PROGRESS_FILE = "progress.jsonl"
+REPORTED = ("loss", "accuracy", "precision", "recall", "f1", "roc_auc")
+
+
+def finite_or_none(value: Any) -> Any:
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+class CentralEvaluation:
+    """``evaluate_fn`` of a Flower strategy: metrics of the global model per round, the best round's weights."""
+
+    def __init__(self, family: ModelFamily, model: torch.nn.Module, X_test: Any, y_test: np.ndarray,
+                 threshold: float, num_rounds: int, out_dir: Path) -> None:  # fmt: skip
+        self.family, self.model, self.X_test, self.y_test = family, model, X_test, y_test
+        self.threshold, self.num_rounds = threshold, num_rounds
+        self.progress = out_dir / PROGRESS_FILE
+        self.progress.unlink(missing_ok=True)
+        self.rounds: dict[int, dict] = {}
+        self.best: dict = {"round": -1, "f1": -1.0, "state_dict": None}
+        self._ends: dict[int, float] = {}
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        started = time.perf_counter()
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        logits = self.family.predict_logits(self.model, self.X_test).astype(np.float64)
+        scores = 1.0 / (1.0 + np.exp(-logits))
+        metrics = detection_metrics(self.y_test, scores, threshold=self.threshold)
+        metrics["loss"] = bce_with_logits(logits, self.y_test)
+        metrics["central_eval_seconds"] = time.perf_counter() - started
+        self._ends[server_round] = time.perf_counter()
+        if server_round - 1 in self._ends:  # one whole round: train, client evaluate, central evaluation
+            metrics["round_seconds"] = self._ends[server_round] - self._ends[server_round - 1]
+        self.rounds[server_round] = metrics
+        if server_round > 0 and metrics["f1"] > self.best["f1"]:
+            self.best.update(round=server_round, f1=metrics["f1"], state_dict=copy.deepcopy(self.model.state_dict()))
+        self._report(server_round, metrics)
+        return MetricRecord({k: float(metrics[k]) for k in REPORTED})
+
+    def _report(self, server_round: int, metrics: dict) -> None:
+        line = {"round": server_round, "rounds": self.num_rounds,
+                **{k: finite_or_none(float(metrics[k])) for k in REPORTED},
+                "round_seconds": metrics.get("round_seconds")}  # fmt: skip
+        with open(self.progress, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+        log.info("round %d/%d: global loss %.4f acc %.4f f1 %.4f auc %.4f (%.1f s)", server_round, self.num_rounds,
+                 metrics["loss"], metrics["accuracy"], metrics["f1"], metrics["roc_auc"],
+                 metrics.get("round_seconds", 0.0))  # fmt: skip

@@ -3,7 +3,8 @@ the gateway before anything is loaded. Standard library and numpy only (the gate
 
 ``manifest.json``::
 
-    {"bundle_schema": 2, "model_version": "...", "created": "...", "source": {...},
+    {"bundle_schema": 3, "model_version": "...", "created": "...", "source": {...},
+     "family": "<model family name>", "family_params": {...}, "gateway_input": "flow_rows",
      "features": {"input_columns": [...], "encoded": [...], "n_features": 196},
      "pipeline": {<flows.pipeline_state.PipelineState as a dict>}, "threshold": 0.5,
      "models": {"fp32_b1": {"file": "model_fp32_b1.tflite.xz", "compression": "xz", "variant": "fp32",
@@ -12,10 +13,16 @@ the gateway before anything is loaded. Standard library and numpy only (the gate
      "default_model": "int8", "batch_sizes": [1, 256], "pruning": {...}, "metrics": {...},
      "files": {"model_fp32_b1.tflite.xz": "<sha256>", ...}}
 
+``gateway_input`` says what the runtime feeds the model (``GATEWAY_INPUTS``; "flow_rows": one encoded row per
+flow, in batches of an exported batch size); ``family`` and ``family_params`` record the model family that made it
+(informative: the runtime needs only the .tflite files). Schemas 1 and 2 predate them and are read as
+"flow_rows" bundles of an unrecorded family.
+
 Model files are stored xz-compressed (``compression: "xz"``, the export's default) or as plain .tflite
 (``"none"``; every schema-1 bundle). The runtime decompresses them in memory with the standard library's lzma.
 Every file a bundle names is checked against its sha256 (of the stored bytes) on load; a bundle whose schema this
-code does not know, or whose pipeline does not match its declared features, is refused with a clear error.
+code does not know, whose gateway input this runtime cannot feed, or whose pipeline does not match its declared
+features, is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ from pathlib import Path
 
 from flows.pipeline_state import PipelineState, PipelineStateError
 
-BUNDLE_SCHEMA = 2
-READABLE_SCHEMAS = (1, 2)  # 1: plain .tflite files only
+BUNDLE_SCHEMA = 3
+READABLE_SCHEMAS = (1, 2, 3)  # 1: plain .tflite files only; 1 and 2: no family or gateway_input recorded
+GATEWAY_INPUTS = ("flow_rows",)  # what this runtime can feed a model
+LEGACY_GATEWAY_INPUT = "flow_rows"  # the input of every bundle written before gateway_input was recorded
 COMPRESSIONS = ("xz", "none")
 MANIFEST = "manifest.json"
 
@@ -71,6 +80,17 @@ class Bundle:
     @property
     def threshold(self) -> float:
         return float(self.manifest["threshold"])
+
+    @property
+    def gateway_input(self) -> str:
+        """What the runtime feeds the model (one of ``GATEWAY_INPUTS``)."""
+        return str(self.manifest.get("gateway_input", LEGACY_GATEWAY_INPUT))
+
+    @property
+    def family(self) -> str | None:
+        """The model family that made the bundle; None for a bundle written before families were recorded."""
+        family = self.manifest.get("family")
+        return None if family is None else str(family)
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -125,6 +145,20 @@ def compress_model(content: bytes) -> bytes:
     return lzma.compress(content, format=lzma.FORMAT_XZ, filters=filters)
 
 
+def _check_family(manifest: dict, manifest_path: Path) -> None:
+    """The family fields, where present: a family name, its parameters as an object, a gateway input this runtime
+    can feed."""
+    if "family" in manifest and not (isinstance(manifest["family"], str) and manifest["family"]):
+        raise BundleError(f"{manifest_path}: 'family' must be a model family name, got {manifest['family']!r}")
+    if "family_params" in manifest and not isinstance(manifest["family_params"], dict):
+        raise BundleError(f"{manifest_path}: 'family_params' must be an object, got "
+                          f"{type(manifest['family_params']).__name__}")  # fmt: skip
+    kind = manifest.get("gateway_input", LEGACY_GATEWAY_INPUT)
+    if kind not in GATEWAY_INPUTS:
+        raise BundleError(f"{manifest_path}: gateway input {kind!r} (family {manifest.get('family')!r}) is not one "
+                          f"this gateway can feed ({', '.join(GATEWAY_INPUTS)}); update the gateway")  # fmt: skip
+
+
 def load_bundle(bundle_dir: str | Path) -> Bundle:
     """Read and verify a bundle; raises :class:`BundleError` with the reason."""
     bundle_dir = Path(bundle_dir)
@@ -142,8 +176,11 @@ def load_bundle(bundle_dir: str | Path) -> Bundle:
                           "version")  # fmt: skip
     missing = [k for k in ("model_version", "features", "pipeline", "threshold", "models", "default_model",
                            "batch_sizes", "files") if k not in manifest]  # fmt: skip
+    if schema >= 3:
+        missing += [k for k in ("family", "family_params", "gateway_input") if k not in manifest]
     if missing:
         raise BundleError(f"{manifest_path}: missing field(s) {', '.join(missing)}")
+    _check_family(manifest, manifest_path)
     for entry in manifest["models"].values():
         if entry["file"] not in manifest["files"]:
             raise BundleError(f"{manifest_path}: model file {entry['file']} has no sha256 in 'files'")

@@ -1,5 +1,7 @@
 """The bundle's model on the LiteRT interpreter (ai-edge-litert + numpy): encoded rows -> attack probabilities.
 
+For bundles whose gateway input is ``flow_rows`` (one encoded row per flow).
+
 Converted models have a fixed batch size (see :mod:`gateway.export`), so there is one interpreter per exported
 batch size: full batches go to the largest, a remainder to the smallest model that holds it (padded with zero
 rows, whose outputs are dropped). Full-integer models take and give int8: inputs are quantized and outputs
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway.bundle import Bundle
+from gateway.bundle import Bundle, BundleError
 
 
 class _Runner:
@@ -47,6 +49,9 @@ class VerdictModel:
     """Probabilities of attack for encoded flow rows, with the bundle's threshold."""
 
     def __init__(self, bundle: Bundle, variant: str | None = None, num_threads: int = 1) -> None:
+        if bundle.gateway_input != "flow_rows":
+            raise BundleError(f"{bundle.path}: VerdictModel scores flow rows; this bundle's gateway input is "
+                              f"{bundle.gateway_input!r}")  # fmt: skip
         self.bundle = bundle
         self.variant = variant or bundle.manifest["default_model"]
         self.runners = {b: _Runner(bundle.model_content(self.variant, b), num_threads) for b in bundle.batch_sizes}

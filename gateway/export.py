@@ -1,28 +1,25 @@
 """Checkpoint -> model bundle (torch side; the ``export`` extra): optional pruning, LiteRT conversion, int8.
 
-A checkpoint is what a run writes (``final.pt`` / ``best.pt``: state_dict, model_config, pipeline_state, round).
-The model is converted in the step-by-step form of :mod:`gateway.export_model` (same outputs). The bundle holds,
-per batch size, the fp32 .tflite converted by litert-torch and the int8 .tflite made from it by ai-edge-quantizer,
-plus ``manifest.json`` (:mod:`gateway.bundle`). Converted models have a fixed batch size: litert-torch rejects a
-dynamic batch dimension for this model and the interpreter cannot resize the unrolled LSTM afterwards (both tried
-with litert-torch 0.10 / ai-edge-litert 2.3), so the runtime picks the model of the right batch size.
+A checkpoint is what a run writes (``final.pt`` / ``best.pt``, :mod:`models.checkpoint`: the model spec, weights,
+pipeline state and round). The model's family converts it (``ModelFamily.export_tflite``, fp32), whatever the
+family is; the manifest records the family, its parameters and its ``gateway_input`` (what the gateway feeds the
+model). The bundle holds, per batch size, that fp32 .tflite and the int8 .tflite made from it by
+ai-edge-quantizer, plus ``manifest.json`` (:mod:`gateway.bundle`). Converted models have a fixed batch size: the
+runtime picks the model of the right batch size (see the families' export notes for why).
 
-* pruning: global L1 magnitude pruning (``torch.nn.utils.prune.global_unstructured``) of the conv, LSTM and
-  linear weights to ``sparsity``, made permanent before conversion;
+* pruning: global L1 magnitude pruning (``torch.nn.utils.prune.global_unstructured``) of every weight matrix
+  (parameters named ``weight*``) to ``sparsity``, made permanent before conversion;
 * int8 ``dynamic`` (default): int8 weights, float activations (``recipe.dynamic_wi8_afp32``);
 * int8 ``static``: int8 weights and activations calibrated on representative encoded rows
   (``recipe.static_wi8_ai8``); its input and output are int8, quantized with the tensors' scale and zero point;
 * both files are written without tensor names and signature defs (:func:`strip_strings`) and, by default,
-  xz-compressed (``compression="xz"``). The LSTM is unrolled over its steps, so every file repeats one step's
-  operators 30 times; those are most of a small model's bytes, and xz removes that repetition (a looped or fused
-  LSTM would too, but runs about 4x slower on LiteRT: see the README).
+  xz-compressed (``compression="xz"``): a converted recurrent network repeats one step's operators once per step,
+  and xz removes that repetition.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import json
 import logging
 from dataclasses import dataclass
@@ -30,12 +27,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
-from flows.pipeline_state import PipelineState
 from gateway.bundle import COMPRESSIONS, MANIFEST, compress_model, write_manifest
-from models.cnn_lstm import CNNLSTM
+from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
 QUANTIZATIONS = ("dynamic", "static")
@@ -67,42 +62,16 @@ class ExportOptions:
         self.batch_sizes = tuple(sorted({int(b) for b in self.batch_sizes}))
 
 
-@dataclass
-class Checkpoint:
-    model: CNNLSTM
-    pipeline: PipelineState
-    round: int
-    path: Path
-    digest: str  # sha256 of the checkpoint file
-
-
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """The model (eval mode) and fitted pipeline of a run's checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"checkpoint not found: {path}")
-    raw = path.read_bytes()  # read once: hashed for the model version, then loaded
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """:func:`models.checkpoint.load_checkpoint`, its refusals raised as :class:`ExportError`."""
     try:
-        data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many kinds for a file that is not a checkpoint
-        raise ExportError(f"{path} is not a readable checkpoint: {err}") from None
-    missing = [k for k in ("state_dict", "model_config", "pipeline_state") if k not in data]
-    if missing:
-        raise ExportError(f"{path} lacks {', '.join(missing)}: not a BotDefender CNN-LSTM checkpoint")
-    config = dict(data["model_config"])
-    n_features = int(config.pop("n_features"))
-    model = CNNLSTM(n_features, **config)
-    model.load_state_dict(data["state_dict"])
-    model.eval()
-    pipeline = PipelineState.from_json(data["pipeline_state"])
-    if pipeline.n_outputs != n_features:
-        raise ExportError(f"{path}: the pipeline encodes {pipeline.n_outputs} features, the model reads {n_features}")
-    digest = hashlib.sha256(raw).hexdigest()
-    return Checkpoint(model=model, pipeline=pipeline, round=int(data.get("round", 0)), path=path, digest=digest)
+        return load_checkpoint(path)
+    except CheckpointError as err:
+        raise ExportError(str(err)) from None
 
 
 def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
-    """(module, parameter name) of every weight matrix: conv, LSTM input/hidden weights, linear layers."""
+    """(module, parameter name) of every weight tensor (parameters named ``weight*``: conv, recurrent, linear)."""
     pairs = []
     for module in model.modules():
         for name, _ in module.named_parameters(recurse=False):
@@ -123,16 +92,6 @@ def prune_model(model: nn.Module, sparsity: float) -> float:
     total = sum(getattr(m, n).numel() for m, n in pairs)
     zeros = sum(int((getattr(m, n) == 0).sum()) for m, n in pairs)
     return zeros / max(total, 1)
-
-
-def convert_fp32(model: CNNLSTM, batch_size: int) -> bytes:
-    """The fp32 .tflite flatbuffer of ``model`` for inputs (batch_size, n_features)."""
-    import litert_torch
-
-    from gateway.export_model import UnrolledCNNLSTM
-
-    sample = (torch.zeros(batch_size, model.n_features),)
-    return litert_torch.convert(UnrolledCNNLSTM(model.eval()), sample).model_content()
 
 
 def quantize(fp32: bytes, mode: str, calibration: np.ndarray | None = None) -> bytes:
@@ -215,15 +174,17 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, options: Exp
                   calibration: np.ndarray | None = None) -> dict:  # fmt: skip
     """Write the bundle for ``checkpoint_path`` into ``out_dir``; returns the manifest."""
     options = options or ExportOptions()
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = read_checkpoint(checkpoint_path)
+    family = checkpoint.family
+    model = checkpoint.model()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_previous_bundle(out_dir)
-    achieved = prune_model(checkpoint.model, options.sparsity)
+    achieved = prune_model(model, options.sparsity)
     models: dict[str, dict] = {}
     for batch in options.batch_sizes:
-        log.info("converting for batch %d", batch)
-        fp32 = convert_fp32(checkpoint.model, batch)
+        log.info("converting the %s model for batch %d", family.name, batch)
+        fp32 = family.export_tflite(model, batch)
         int8 = quantize(fp32, options.quantization, calibration)
         for variant, content in (("fp32", strip_strings(fp32)), ("int8", strip_strings(int8))):
             name = f"model_{variant}_b{batch}.tflite"
@@ -242,7 +203,9 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, options: Exp
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": {"checkpoint": checkpoint.path.name, "run": run_name, "round": checkpoint.round,
                    "checkpoint_sha256": checkpoint.digest},  # fmt: skip
-        "architecture": "cnn_lstm",
+        "family": family.name,
+        "family_params": dict(checkpoint.spec.params),
+        "gateway_input": family.gateway_input,
         "features": {"input_columns": pipeline.input_columns, "encoded": pipeline.output_names,
                      "n_features": pipeline.n_outputs},  # fmt: skip
         "pipeline": pipeline.to_dict(),
@@ -275,10 +238,15 @@ def run_data_settings(checkpoint: str | Path):
 def calibration_rows(checkpoint: str | Path, source: str | Path | None = None, size: int = 1024,
                      seed: int = 0) -> np.ndarray:  # fmt: skip
     """Encoded rows for static int8 calibration: a seeded sample of ``size`` records from ``source`` (any flow file
-    the gateway reads) or, by default, from the training split of the checkpoint's run (its ``metrics.json``)."""
+    the gateway reads) or, by default, from the training split of the checkpoint's run (its ``metrics.json``).
+    Only for families whose gateway input is one encoded row per flow."""
     from collections import Counter
 
-    pipeline = load_checkpoint(checkpoint).pipeline
+    loaded = read_checkpoint(checkpoint)
+    if loaded.family.gateway_input != "flow_rows":
+        raise ExportError(f"{loaded.path}: static calibration reads encoded flow rows; the {loaded.family.name} "
+                          f"family's gateway input is {loaded.family.gateway_input!r}")  # fmt: skip
+    pipeline = loaded.pipeline
     rng = np.random.default_rng(seed)
     if source is not None:
         from gateway.encode import encode
@@ -289,7 +257,7 @@ def calibration_rows(checkpoint: str | Path, source: str | Path | None = None, s
         from flows.run_split import load_split
 
         train, _ = load_split(run_data_settings(checkpoint))
-        rows = pipeline.transform(train.frame)
+        rows, _ = loaded.family.batches(train, pipeline)
     if len(rows) == 0:
         raise ExportError("no calibration rows could be read")
     return rows[rng.choice(len(rows), size=min(size, len(rows)), replace=False)]

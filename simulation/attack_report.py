@@ -10,6 +10,7 @@ Computed by the harness from the run's outputs (the strategies never see which c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,9 +18,8 @@ import numpy as np
 
 from fl_client.attacks.config import AttackConfig, malicious_partitions
 from fl_client.attacks.data_attacks import DEFAULT_TRIGGER, apply_trigger
-from flows.pipeline_state import PipelineState
 from flows.run_split import DataSettings, load_split
-from flows.table import ATTACK_CAT, LABEL
+from flows.table import ATTACK_CAT, LABEL, FlowTable
 
 
 def screening_scores(rounds: list[dict], malicious: set[int]) -> list[dict]:
@@ -40,18 +40,17 @@ def screening_scores(rounds: list[dict], malicious: set[int]) -> list[dict]:
     return rows
 
 
-def final_model_scores(checkpoint: Path, frame) -> np.ndarray:
-    """Attack probabilities of the checkpoint's model on the records of ``frame``."""
-    import torch  # here, so that reading screening scores (benchmarks, replays) does not load torch
+def final_model_scores(checkpoint: Path, table: FlowTable) -> np.ndarray:
+    """Attack probabilities of the checkpoint's model (any family) on the flows of ``table``."""
+    from models.checkpoint import load_checkpoint  # here, so that reading screening scores does not load torch
 
-    from models.cnn_lstm import CNNLSTM
-    from models.training import predict_logits
+    saved = load_checkpoint(checkpoint)
+    X, _ = saved.family.batches(table, saved.pipeline)
+    return 1.0 / (1.0 + np.exp(-saved.family.predict_logits(saved.model(), X).astype(np.float64)))
 
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    state = PipelineState.from_json(saved["pipeline_state"])
-    model = CNNLSTM(**saved["model_config"])
-    model.load_state_dict(saved["state_dict"])
-    return 1.0 / (1.0 + np.exp(-predict_logits(model, state.transform(frame)).astype(np.float64)))
+
+def _with_frame(table: FlowTable, frame) -> FlowTable:
+    return dataclasses.replace(table, frame=frame.reset_index(drop=True))
 
 
 def attack_success(attack: AttackConfig, checkpoint: Path, settings: DataSettings) -> dict:
@@ -61,14 +60,15 @@ def attack_success(attack: AttackConfig, checkpoint: Path, settings: DataSetting
     params = dict(attack.params)
     if attack.name == "backdoor":
         attacks = frame[frame[LABEL] == 1]
-        triggered = final_model_scores(checkpoint, apply_trigger(attacks, params.get("trigger", DEFAULT_TRIGGER)))
-        clean = final_model_scores(checkpoint, attacks)
+        trigger = params.get("trigger", DEFAULT_TRIGGER)
+        triggered = final_model_scores(checkpoint, _with_frame(test, apply_trigger(attacks, trigger)))
+        clean = final_model_scores(checkpoint, _with_frame(test, attacks))
         return {"backdoor_success": float(np.mean(triggered < 0.5)),
                 "attack_flows_missed_without_trigger": float(np.mean(clean < 0.5)), "n": int(len(attacks))}  # fmt: skip
     if attack.name == "targeted_label_flip":
         families = list(params.get("families", ["DoS"]))
         target = frame[frame[ATTACK_CAT].isin(families)]
-        scores = final_model_scores(checkpoint, target)
+        scores = final_model_scores(checkpoint, _with_frame(test, target))
         return {"targeted_recall": float(np.mean(scores >= 0.5)), "families": families, "n": int(len(target))}
     return {}
 

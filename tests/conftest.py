@@ -97,12 +97,13 @@ TRAIN_FILE = "UNSW-NB15_1.first20000.csv"  # its rows after the first 3000 train
 
 @pytest.fixture(scope="session")
 def raw_checkpoint(data_dir, tmp_path_factory):
-    """A CNN-LSTM briefly trained on raw UNSW-NB15 flows (which carry IPs), saved as a run would save it."""
+    """A CNN-LSTM briefly trained on raw UNSW-NB15 flows (which carry IPs), saved as a run saves it
+    (:func:`models.checkpoint.save_checkpoint`): (path, the PyTorch model in eval mode, the served rows encoded)."""
     import torch
 
     from flows.loader import load_file
     from flows.pipeline import FeaturePipeline, PipelineConfig
-    from models.cnn_lstm import CNNLSTM
+    from models.checkpoint import ModelSpec, save_checkpoint
     from models.training import train_torch_classifier
 
     table = load_file("unsw-nb15-raw", data_dir / "unsw-nb15" / "raw" / TRAIN_FILE)
@@ -110,14 +111,14 @@ def raw_checkpoint(data_dir, tmp_path_factory):
     pipeline = FeaturePipeline(PipelineConfig(nonfinite="error")).fit(table)
     x_fit = pipeline.transform(table.frame)
     y = table.frame["label"].to_numpy().astype(np.float32)
+    spec = ModelSpec("cnn_lstm", x_fit.shape[1], {})
     torch.manual_seed(0)
-    model = CNNLSTM(x_fit.shape[1])
+    model = spec.build()
     train_torch_classifier(model, x_fit[:14000], y[:14000], x_fit[14000:], y[14000:], epochs=8, progress=False)
     served = load_file("unsw-nb15-raw", data_dir / "unsw-nb15" / "raw" / RAW_FILE)
     x = pipeline.transform(served.frame)
     path = tmp_path_factory.mktemp("run") / "final.pt"
-    torch.save({"state_dict": model.state_dict(), "model_config": {"n_features": x.shape[1]},
-                "pipeline_state": pipeline.state_.to_json(), "round": 3}, path)  # fmt: skip
+    save_checkpoint(path, spec, model.state_dict(), pipeline.state_.to_json(), 3)
     return path, model.eval(), x
 
 

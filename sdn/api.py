@@ -1,91 +1,250 @@
-"""The isolation service over HTTP (standard library ``http.server``), on loopback by default.
+"""The isolation service over HTTP: a small ASGI app served by uvicorn, on loopback by default.
 
     POST   /blocks            {"ip": "10.0.0.5", "reason": "gateway verdict", "ttl": 300}   -> block
     DELETE /blocks/<ip>                                                                   -> unblock
-    GET    /blocks                                                                        -> active blocks
-    GET    /health                                            -> {"ok": true, ...} (the controller adds "switches")
+    GET    /blocks            -> active blocks, each with the switches holding its rules ("switches", "enforced")
+    GET    /health            -> {"ok": true, ...} (the controller adds "switches")
 
-Answers are JSON: 200 for done or already so (idempotent), 403 for a refusal (allowlist, circuit breaker), 400
-for bad input, 502 when the switch did not confirm the rules.
+A POST or DELETE may carry an ``Idempotency-Key`` header: the first final answer to that key is recorded and
+repeated for every later call with it, without applying the call again (exactly-once delivery for the hook).
+
+Answers are strict JSON (no NaN/Infinity): 200 done or already so (idempotent), 400 bad input, 403 refused
+(allowlist, never-blocked address, circuit breaker; a breaker refusal carries ``retry_after`` seconds and a
+``Retry-After`` header: the same call may pass then), 404/405 no such resource or method, 408 the body did not
+arrive within the read timeout, 413 body too large, 415 a body that is not ``application/json`` (a web page's
+``text/plain`` form post), 502 the switch did not confirm the rules, 503 too many connections.
+
+Why uvicorn: os-ken 4 has no WSGI stack under its default native hub (its ``WSGIServer`` exists only with the
+eventlet hub, which would monkey-patch the controller's threads), and growing the standard library's
+``http.server`` into a hardened server means writing read timeouts, connection limits and TLS by hand. uvicorn is
+maintained, already installed with flwr, parses HTTP with h11, serves TLS (``ssl_*`` options, needed by the
+deployment), and gives a listen backlog (``backlog``) and a connection cap (``limit_concurrency``, a 503 past it).
+This module adds what uvicorn leaves to the app: a deadline for a request's headers (a connection that sends
+them too slowly is closed), a deadline and a size limit for its body, and a bounded pool of worker threads for
+the service calls (which wait for switch barriers); the event loop itself never blocks, so stalled clients hold
+no threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import socket
 import threading
+import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote
+from concurrent.futures import ThreadPoolExecutor
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sdn.isolation import IsolationService, Outcome
 
+log = logging.getLogger("sdn.api")
 STATUS_CODES = {"blocked": 200, "already_blocked": 200, "unblocked": 200, "not_blocked": 200, "refused": 403,
                 "invalid": 400, "failed": 502}  # fmt: skip
+MAX_BODY = 16 * 1024
+POST_FIELDS = {"ip", "reason", "ttl"}
 
 
-def _handler(service: IsolationService, health) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args) -> None:  # quiet: the controller logs decisions itself
+class RequestError(Exception):
+    """A request the API answers with an error status (``code``) without calling the service."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+def _strict_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_block_body(body: bytes, content_type: str) -> dict:
+    """The JSON object of a POST /blocks body; RequestError (400/415) naming what was wrong."""
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise RequestError(415, f"the body must be application/json, got {content_type or 'no content type'!r}")
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=_strict_constant)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise RequestError(400, f"bad request body: {err}; expected a JSON object with ip, reason and an optional "
+                                "ttl") from None  # fmt: skip
+    if not isinstance(data, dict) or "ip" not in data:
+        raise RequestError(400, "bad request body: expected a JSON object with ip, reason and an optional ttl")
+    unknown = sorted(set(data) - POST_FIELDS)
+    if unknown:
+        raise RequestError(400, f"unknown field(s) {', '.join(unknown)[:200]}; accepted: ip, reason, ttl")
+    return data
+
+
+def encode(body: dict) -> bytes:
+    """Strict JSON (a value that is not JSON is a bug: a 500 says so instead of sending ``NaN``)."""
+    return json.dumps(body, allow_nan=False).encode()
+
+
+class IsolationApp:
+    """The ASGI app: routes, body limits and the worker pool around an :class:`IsolationService`."""
+
+    def __init__(self, service: IsolationService, health: Callable[[], dict] = dict, *, workers: int = 8,
+                 read_timeout: float = 5.0, max_body: int = MAX_BODY) -> None:  # fmt: skip
+        self.service, self.health = service, health
+        self.read_timeout, self.max_body = read_timeout, max_body
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="isolation-api")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
             return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        extra: dict[str, str] = {}
+        try:
+            body = await self._body(receive, headers)
+            code, answer = await self._route(scope["method"], scope["path"], headers, body)
+            if answer.get("retry_after") is not None:
+                extra["retry-after"] = str(max(1, int(-(-answer["retry_after"] // 1))))
+        except RequestError as err:
+            code, answer = err.code, {"ok": False, "reason": err.reason}
+        try:
+            data = encode(answer)
+        except ValueError as err:
+            log.error("answer is not JSON: %s", err)
+            code, data = 500, encode({"ok": False, "reason": "internal error: the answer was not JSON"})
+        response_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        response_headers += [(k.encode(), v.encode()) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": code, "headers": response_headers})
+        await send({"type": "http.response.body", "body": data})
 
-        def _send(self, code: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    async def _body(self, receive, headers: dict[str, str]) -> bytes:
+        declared = headers.get("content-length", "0")
+        if not declared.isdigit():
+            raise RequestError(400, f"bad Content-Length {declared[:40]!r}")
+        if int(declared) > self.max_body:
+            raise RequestError(413, f"body of {declared} bytes refused; at most {self.max_body} are accepted")
+        chunks, size = [], 0
 
-        def _outcome(self, outcome: Outcome) -> None:
-            self._send(STATUS_CODES[outcome.status], outcome.as_dict())
+        async def read() -> None:
+            nonlocal size
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise RequestError(400, "client went away")
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                if size > self.max_body:
+                    raise RequestError(413, f"body larger than {self.max_body} bytes refused")
+                if not message.get("more_body", False):
+                    return
 
-        def do_GET(self) -> None:
-            if self.path == "/health":
-                self._send(200, {"ok": True, **health()})
-            elif self.path == "/blocks":
-                self._send(200, {"blocks": [b.as_dict() for b in service.blocks()]})
-            else:
-                self._send(404, {"ok": False, "reason": f"no such resource {self.path}"})
+        try:
+            await asyncio.wait_for(read(), self.read_timeout)
+        except asyncio.TimeoutError:
+            raise RequestError(408, f"the body did not arrive within {self.read_timeout} s") from None
+        return b"".join(chunks)
 
-        def do_POST(self) -> None:
-            if self.path != "/blocks":
-                return self._send(404, {"ok": False, "reason": f"no such resource {self.path}"})
-            try:
-                length = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(length) or b"{}")
-                ip, reason, ttl = body["ip"], str(body.get("reason", "")), body.get("ttl")
-                ttl = None if ttl is None else float(ttl)
-            except (ValueError, KeyError, TypeError) as err:
-                return self._send(400, {"ok": False, "reason": f"bad request body: {err!r}; expected JSON with "
-                                                                 "ip, reason and an optional ttl"})  # fmt: skip
-            self._outcome(service.block(ip, reason, ttl))
+    async def _route(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict]:
+        key = headers.get("idempotency-key")
+        if path == "/health":
+            if method != "GET":
+                raise RequestError(405, f"{method} not allowed on /health; use GET")
+            return 200, {"ok": True, **await self._run(self.health)}
+        if path == "/blocks":
+            if method == "GET":
+                return 200, {"blocks": await self._run(self.service.report)}
+            if method != "POST":
+                raise RequestError(405, f"{method} not allowed on /blocks; use GET or POST")
+            data = parse_block_body(body, headers.get("content-type", ""))
+            outcome = await self._run(self.service.block, data["ip"], data.get("reason", ""), data.get("ttl"), key)
+            return self._outcome(outcome)
+        if path.startswith("/blocks/"):
+            if method != "DELETE":
+                raise RequestError(405, f"{method} not allowed on /blocks/<ip>; use DELETE")
+            return self._outcome(await self._run(self.service.unblock, path[len("/blocks/"):], key))
+        raise RequestError(404, f"no such resource {path[:200]}")
 
-        def do_DELETE(self) -> None:
-            if not self.path.startswith("/blocks/"):
-                return self._send(404, {"ok": False, "reason": f"no such resource {self.path}"})
-            self._outcome(service.unblock(unquote(self.path[len("/blocks/"):])))
+    @staticmethod
+    def _outcome(outcome: Outcome) -> tuple[int, dict]:
+        return STATUS_CODES[outcome.status], outcome.as_dict()
 
-    return Handler
+    async def _run(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
+
+
+def _protocol_with_header_deadline(timeout: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, closing a connection whose request headers are not complete within ``timeout``."""
+
+    class HeaderDeadlineH11(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(timeout, self._expired)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expired(self) -> None:
+            if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            self._arm()  # before: the next pipelined request (handled inside) disarms it again
+            super().on_response_complete()
+
+    return HeaderDeadlineH11
 
 
 class IsolationAPI:
-    """The HTTP server in a background thread; ``address`` is (host, port) once started."""
+    """The uvicorn server on its own thread; ``address`` is (host, port) once constructed (port 0: any free).
+
+    ``ssl`` holds uvicorn's TLS options (``ssl_certfile``, ``ssl_keyfile``, ``ssl_ca_certs``, ``ssl_cert_reqs``)."""
 
     def __init__(self, service: IsolationService, host: str = "127.0.0.1", port: int = 0,
-                 health: Callable[[], dict] = dict) -> None:  # fmt: skip
-        self.server = ThreadingHTTPServer((host, port), _handler(service, health))
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="isolation-api", daemon=True)
+                 health: Callable[[], dict] = dict, *, workers: int = 8, max_connections: int = 256,
+                 backlog: int = 1024, read_timeout: float = 5.0, max_body: int = MAX_BODY,
+                 ssl: dict | None = None) -> None:  # fmt: skip
+        self.app = IsolationApp(service, health, workers=workers, read_timeout=read_timeout, max_body=max_body)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.create_server((host, port), family=family, backlog=backlog)
+        config = uvicorn.Config(self.app, http=_protocol_with_header_deadline(read_timeout), lifespan="off", ws="none",
+                                log_config=None, access_log=False, limit_concurrency=max_connections,
+                                backlog=backlog, timeout_keep_alive=int(max(1, read_timeout)),
+                                h11_max_incomplete_event_size=MAX_BODY, **(ssl or {}))  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._serve, name="isolation-api", daemon=True)
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.server.server_address[:2]
+        return self.socket.getsockname()[:2]
 
-    def start(self) -> "IsolationAPI":
+    def _serve(self) -> None:
+        asyncio.run(self.server.serve(sockets=[self.socket]))
+
+    def start(self, timeout: float = 10.0) -> "IsolationAPI":
         self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self.server.started:
+            raise RuntimeError(f"isolation API did not start on {self.address}")
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+        self.socket.close()
+        self.app.pool.shutdown(wait=False, cancel_futures=True)

@@ -2,7 +2,9 @@
 
 A block is one IPv4/IPv6 address with a reason, its creation time and an optional expiry. The store is the source
 of truth: on a switch (re)connect or a controller restart every active block is installed again, and expired
-ones are removed from the store when the controller's timer lifts them.
+ones are removed from the store when the controller's timer lifts them. The store also keeps the outcome of every
+call that carried an idempotency key, so that a call sent again (a client that crashed before it saw the answer)
+is answered from the record instead of being applied twice.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ CREATE TABLE IF NOT EXISTS blocks (
     created REAL NOT NULL,
     expires REAL              -- NULL: until unblocked
 );
+CREATE TABLE IF NOT EXISTS requests (
+    key TEXT PRIMARY KEY,     -- the client's idempotency key
+    answer TEXT NOT NULL,     -- the outcome (JSON) the first call got
+    at REAL NOT NULL
+);
 """
+KEEP_REQUESTS = 7 * 86400.0  # seconds an idempotency key is remembered
 
 
 @dataclass(frozen=True)
@@ -34,12 +42,26 @@ class Block:
         return {"ip": self.ip, "reason": self.reason, "created": self.created, "expires": self.expires}
 
 
-def normalise_ip(value: str) -> str:
-    """The canonical text of an IP address; ValueError naming the value if it is not one."""
+def canonical_ip(value: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address ``value`` names, IPv4-mapped IPv6 (``::ffff:10.0.0.1``) folded to IPv4; ValueError naming the
+    value if it is not a plain address (a string; no scope such as ``%eth0``, no prefix length)."""
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValueError(f"not an IP address: {str(value)[:80]!r} (expected a string such as 10.0.0.5 or 2001:db8::5)")
     try:
-        return str(ipaddress.ip_address(str(value).strip()))
+        address = ipaddress.ip_address(value.strip())
     except ValueError:
-        raise ValueError(f"not an IP address: {value!r}") from None
+        raise ValueError(f"not an IP address: {value!r} (expected a string such as 10.0.0.5 or 2001:db8::5)") from None
+    if address.version == 6 and address.scope_id:
+        raise ValueError(f"scoped IPv6 address {value!r} refused: a switch rule cannot match a scope; give the address "
+                         "without %zone")  # fmt: skip
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def normalise_ip(value: object) -> str:
+    """The canonical text of an IP address (see :func:`canonical_ip`)."""
+    return str(canonical_ip(value))
 
 
 class BlockStore:
@@ -88,6 +110,18 @@ class BlockStore:
     def created_since(self, since: float) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM blocks WHERE created >= ?", (since,)).fetchone()[0])
+
+    def answer_for(self, key: str) -> str | None:
+        """The recorded outcome (JSON text) of the call with idempotency key ``key``, if there was one."""
+        with self._lock:
+            row = self._db.execute("SELECT answer FROM requests WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def record_answer(self, key: str, answer: str, now: float) -> None:
+        """Remember the outcome of the call with idempotency key ``key`` (and forget keys older than a week)."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO requests (key, answer, at) VALUES (?, ?, ?)", (key, answer, now))
+            self._db.execute("DELETE FROM requests WHERE at < ?", (now - KEEP_REQUESTS,))
 
     def close(self) -> None:
         with self._lock:

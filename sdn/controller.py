@@ -8,12 +8,19 @@ Config (TOML; every listen address explicit, loopback by default)::
     [openflow]  host = "127.0.0.1"   port = 6653
     [api]       host = "127.0.0.1"   port = 8470
     [store]     path = "isolation-blocks.sqlite"
+    [api]       certfile = "api.pem"   keyfile = "api.key"       (optional: TLS)
     [safety]    allowlist = ["10.77.0.254", "192.168.0.0/24"]   max_per_minute = 30   max_blocked_share = 0.25
+                own_addresses = ["192.168.0.2"]   (besides the listen addresses, never blocked)
 
 A block installs, on every connected switch, drop rules at priority 60000 for the address as IPv4/IPv6 source and
 destination and for ARP from and to it, then waits for the switch's barrier reply before the API call returns.
-Blocks are re-installed whenever a switch (re)connects, and the store makes them survive a controller restart.
-os-ken 4.x runs on native threads (no eventlet, no monkey-patching), so the API's threads call the switch directly.
+The rules have no switch-side timeout (OpenFlow caps ``hard_timeout`` at 65,535 s, so a longer TTL would lapse on
+the switch while the store still listed it): the controller's own timer lifts expired blocks, and every
+``reconcile_every`` seconds puts back the rules of any active block a connected switch does not hold. The
+controller records which switch confirmed which block (a barrier after the rules), forgets a switch's record when
+it disconnects and re-installs every block when it connects; ``GET /blocks`` reports that record per block.
+The store makes blocks survive a controller restart. os-ken 4.x runs on native threads (no eventlet, no
+monkey-patching), so the API's threads call the switch directly.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import math
 import queue
 import signal
 import threading
@@ -61,6 +67,7 @@ class IsolationSwitch(app_manager.OSKenApp):
         self.datapaths: dict[int, object] = {}
         self.mac_to_port: dict[int, dict[str, int]] = {}
         self.hosts_seen: set[str] = set()
+        self.held: dict[int, set[str]] = {}  # switch -> addresses whose drop rules it confirmed
         self.lock = threading.Lock()
         self.service = None  # set by start(); used to re-install blocks when a switch connects
 
@@ -79,8 +86,10 @@ class IsolationSwitch(app_manager.OSKenApp):
         with self.lock:
             if ev.state == MAIN_DISPATCHER:
                 self.datapaths[dp.id] = dp
+                self.held[dp.id] = set()  # a new connection: what it holds is unknown until re-installed
             elif dp.id is not None and self.datapaths.get(dp.id) is dp:
                 del self.datapaths[dp.id]
+                self.held.pop(dp.id, None)
         if ev.state == MAIN_DISPATCHER and self.service is not None:
             # never wait for a barrier inside an event handler: re-install from another thread
             threading.Thread(target=self._reinstall, args=(dp.id,), daemon=True).start()
@@ -127,14 +136,16 @@ class IsolationSwitch(app_manager.OSKenApp):
         switches = self._switches()
         if not switches:
             raise ConnectionError("no switch is connected")
-        hard_timeout = 0 if ttl is None else min(int(math.ceil(ttl)), 65535)  # the switch's own safety net
-        for dp in switches:
+        for dp in switches:  # no hard_timeout: the controller's timer lifts the block (see the module docstring)
             parser = dp.ofproto_parser
             for match in drop_matches(parser, ip):
                 dp.send_msg(parser.OFPFlowMod(datapath=dp, cookie=DROP_COOKIE, priority=DROP_PRIORITY, match=match,
-                                              hard_timeout=hard_timeout, instructions=[]))  # fmt: skip
+                                              instructions=[]))  # fmt: skip
         for dp in switches:
             self.barrier(dp)
+            with self.lock:
+                if dp.id in self.held:
+                    self.held[dp.id].add(ip)
 
     def remove(self, ip: str) -> None:
         switches = self._switches()
@@ -146,6 +157,18 @@ class IsolationSwitch(app_manager.OSKenApp):
                                               cookie_mask=ALL_BITS))  # fmt: skip
         for dp in switches:
             self.barrier(dp)
+            with self.lock:
+                self.held.get(dp.id, set()).discard(ip)
+
+    def held_by(self, ip: str) -> list[int]:
+        """The connected switches that confirmed ``ip``'s drop rules."""
+        with self.lock:
+            return sorted(dpid for dpid, ips in self.held.items() if ip in ips)
+
+    def held_everywhere(self, ip: str) -> bool:
+        """Whether at least one switch is connected and every connected switch holds ``ip``'s rules."""
+        with self.lock:
+            return bool(self.datapaths) and all(ip in self.held.get(dpid, ()) for dpid in self.datapaths)
 
     def known_hosts(self) -> int:
         with self.lock:
@@ -176,7 +199,16 @@ class ControllerConfig:
     allowlist: list[str] = field(default_factory=list)
     max_per_minute: int = 30
     max_blocked_share: float = 0.25
+    own_addresses: list[str] = field(default_factory=list)
+    certfile: str | None = None
+    keyfile: str | None = None
     expire_every: float = 1.0
+    reconcile_every: float = 5.0
+
+    def protected(self) -> list[str]:
+        """The controller's own addresses: ``own_addresses`` and the specific listen addresses."""
+        listen = [h for h in (self.openflow_host, self.api_host) if h not in ("", "0.0.0.0", "::")]
+        return sorted(set(self.own_addresses) | set(listen))
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "ControllerConfig":
@@ -190,7 +222,9 @@ class ControllerConfig:
                    api_host=api.get("host", "127.0.0.1"), api_port=int(api.get("port", 8470)),
                    store=str(store.get("path", "isolation-blocks.sqlite")), allowlist=list(safety.get("allowlist", [])),
                    max_per_minute=int(safety.get("max_per_minute", 30)),
-                   max_blocked_share=float(safety.get("max_blocked_share", 0.25)))  # fmt: skip
+                   max_blocked_share=float(safety.get("max_blocked_share", 0.25)),
+                   own_addresses=list(safety.get("own_addresses", [])), certfile=api.get("certfile"),
+                   keyfile=api.get("keyfile"))  # fmt: skip
 
 
 class Controller:
@@ -222,19 +256,28 @@ class Controller:
             raise RuntimeError("os-ken apps did not start within 10 s")
         self.switch: IsolationSwitch = app_manager.lookup_service_brick("IsolationSwitch")
         self.service = IsolationService(BlockStore(config.store), self.switch, Allowlist(config.allowlist),
-                                        CircuitBreaker(config.max_per_minute, config.max_blocked_share))  # fmt: skip
+                                        CircuitBreaker(config.max_per_minute, config.max_blocked_share),
+                                        own_addresses=config.protected())  # fmt: skip
         self.switch.service = self.service
+        tls = {"ssl_certfile": config.certfile, "ssl_keyfile": config.keyfile} if config.certfile else None
         self.api = IsolationAPI(self.service, config.api_host, config.api_port,
-                                health=lambda: {"switches": len(self.switch._switches())}).start()  # fmt: skip
+                                health=lambda: {"switches": len(self.switch._switches())}, ssl=tls).start()  # fmt: skip
         self._stop = threading.Event()
         threading.Thread(target=self._expire_loop, name="isolation-expiry", daemon=True).start()
         log.info("controller: OpenFlow on %s:%d, isolation API on http://%s:%d", config.openflow_host,
                  config.openflow_port, *self.api.address)  # fmt: skip
 
     def _expire_loop(self) -> None:
+        last_reconcile = time.monotonic()
         while not self._stop.wait(self.config.expire_every):
             for block in self.service.expire():
                 log.info("block of %s expired and was lifted", block.ip)
+            if time.monotonic() - last_reconcile >= self.config.reconcile_every:
+                last_reconcile = time.monotonic()
+                if self.switch._switches():
+                    count = self.service.reconcile()
+                    if count:
+                        log.info("%d block(s) missing on a switch were installed again", count)
 
     def stop(self) -> None:
         self._stop.set()

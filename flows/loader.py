@@ -6,22 +6,25 @@ The data folder comes from a configured value or, failing that, the environment 
     DATA_DIR/unsw-nb15/<partitioned csv>        any name; recognised by its header
     DATA_DIR/unsw-nb15/NUSW-NB15_features.csv
     DATA_DIR/unsw-nb15/raw/UNSW-NB15_*.csv      raw files, no header
-    DATA_DIR/iot-23/*.conn.log.labeled
+    DATA_DIR/iot-23/*.conn.log.labeled         Zeek conn logs, tab-separated
+    DATA_DIR/iot-23/csv/*.csv                  Zeek conn logs, CSV export (header row)
+    DATA_DIR/stratosphere/*.conn.log.labeled   Stratosphere Zeek conn logs (``detailedlabel``, Background)
 """
 
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 from flows.errors import FlowDataError
-from flows.readers import read_iot23_conn_log, read_unsw_partitioned, read_unsw_raw
+from flows.readers import read_unsw_partitioned, read_unsw_raw, read_zeek_conn_log
 from flows.readers.records import BadRecordPolicy
 from flows.readers.unsw_partitioned import looks_partitioned
 from flows.table import FlowTable
 
 ENV_VAR = "BOTDEFENDER_DATA_DIR"
-DATASETS = ("unsw-nb15", "unsw-nb15-raw", "iot-23")
+DATASETS = ("unsw-nb15", "unsw-nb15-raw", "iot-23", "stratosphere")
 
 
 def resolve_data_dir(configured: str | Path | None = None) -> Path:
@@ -60,6 +63,33 @@ def find_unsw_partition(data_dir: Path, file: str | None = None) -> Path:
     return candidates[0]
 
 
+SOURCES = {  # dataset -> (folder under DATA_DIR, file patterns of its default file, in order)
+    "unsw-nb15": ("unsw-nb15", ()),
+    "unsw-nb15-raw": ("unsw-nb15/raw", ("UNSW-NB15_*.csv",)),
+    "iot-23": ("iot-23", ("*.conn.log.labeled", "csv/*.csv")),
+    "stratosphere": ("stratosphere", ("*.conn.log.labeled",)),
+}
+
+
+def dataset_file(name: str, root: Path, file: str | None) -> Path:
+    """The file of data set ``name``: ``file`` (relative to the data set's folder, or absolute) or its first file."""
+    folder_name, patterns = SOURCES[name]
+    folder = root / folder_name
+    if file:
+        path = Path(file).expanduser()
+        path = path if path.is_absolute() else folder / path
+        if not path.is_file():
+            raise FlowDataError(path, "file not found", expected=f"a file of data set {name} under {folder}")
+        return path
+    if name == "unsw-nb15":
+        return find_unsw_partition(root)
+    for pattern in patterns:
+        found = sorted(p for p in folder.glob(pattern) if p.is_file())
+        if found:
+            return found[0]
+    return find_files(folder, patterns[0], f"{name} files")[0]
+
+
 def load_dataset(
     name: str,
     data_dir: str | Path | None = None,
@@ -67,24 +97,21 @@ def load_dataset(
     file: str | None = None,
     bad_records: BadRecordPolicy = "error",
 ) -> FlowTable:
-    """Load data set ``name`` (one of :data:`DATASETS`); ``file`` picks one file of a multi-file source."""
+    """Load data set ``name`` (one of :data:`DATASETS`); ``file`` picks one file of the data set's folder."""
     if name not in DATASETS:
         raise FlowDataError(None, f"unknown dataset {name!r}", expected=f"one of {', '.join(DATASETS)}")
-    root = resolve_data_dir(data_dir)
-    if name == "unsw-nb15":
-        return load_file(name, find_unsw_partition(root, file), bad_records)
-    if name == "unsw-nb15-raw":
-        folder = root / "unsw-nb15" / "raw"
-        path = folder / file if file else find_files(folder, "UNSW-NB15_*.csv", "raw UNSW-NB15 files")[0]
-        return load_file(name, path, bad_records)
-    folder = root / "iot-23"
-    path = folder / file if file else find_files(folder, "*.conn.log.labeled", "IoT-23 conn.log.labeled files")[0]
-    return load_file(name, path, bad_records)
+    return load_file(name, dataset_file(name, resolve_data_dir(data_dir), file), bad_records)
 
 
 def load_file(name: str, path: str | Path, bad_records: BadRecordPolicy = "error") -> FlowTable:
-    """Read one file of data set ``name`` (a gateway's own capture, say) with that data set's reader."""
-    readers = {"unsw-nb15": read_unsw_partitioned, "unsw-nb15-raw": read_unsw_raw, "iot-23": read_iot23_conn_log}
+    """Read one file of data set ``name`` (a gateway's own capture, say) with that data set's reader; Zeek logs
+    (iot-23, stratosphere) in either shape, recognised by content."""
+    readers = {
+        "unsw-nb15": read_unsw_partitioned,
+        "unsw-nb15-raw": read_unsw_raw,
+        "iot-23": partial(read_zeek_conn_log, source="iot-23"),
+        "stratosphere": partial(read_zeek_conn_log, source="stratosphere"),
+    }
     if name not in readers:
         raise FlowDataError(None, f"unknown dataset {name!r}", expected=f"one of {', '.join(DATASETS)}")
     path = Path(path).expanduser()

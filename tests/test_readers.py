@@ -164,7 +164,7 @@ def test_raw_quirks(tmp_path):
     assert frame["dst_port"].isna().tolist() == [False, True, False]
     assert frame["attack_cat"].tolist() == ["Normal", "Fuzzers", "Backdoor"]
     assert frame["ct_flw_http_mthd"].tolist() == [0.0, 0.0, 0.0]
-    assert any("blank ct_flw_http_mthd read as 0" in n for n in table.notes)
+    assert any("blank or unset ct_flw_http_mthd read as 0" in n for n in table.notes)
     assert any("published 49 names" in n for n in table.notes)  # no features file next to it
 
 

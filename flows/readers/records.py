@@ -1,13 +1,13 @@
-"""Shared parsing steps of the readers: strict text decoding, field-count checks, numeric conversion.
+"""Steps every batch reader shares: strict text decoding, splitting lines with the source's layout, the shared
+normalisation (:mod:`flows.normalise`) and the bad-record policy, and the pandas frame of the result.
 
 Every step either raises a :class:`FlowDataError` that names file, line and column, or (with the ``skip``
-policy) drops the record and counts it under a reason, so nothing is lost silently.
+policy) drops the record and counts it under a reason, so nothing is lost silently. Records without a verdict
+(``Background``) are always dropped and counted under ``unlabelled_background``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
@@ -16,9 +16,15 @@ import numpy as np
 import pandas as pd
 
 from flows.errors import FlowDataError
+from flows.normalise import BAD_LABEL, BAD_PORT, NON_FINITE, NON_NUMERIC, UNLABELLED, Layout, Normalised
+from flows.table import ATTACK_CAT, DST_IP, DST_PORT, LABEL, SRC_IP, SRC_PORT, START_TIME, FlowTable
 
 BadRecordPolicy = Literal["error", "skip"]
 POLICIES = ("error", "skip")
+# skip-count key per problem reason, in the order a record's problems are counted (one reason per record)
+SKIP_REASONS = {NON_NUMERIC: "non_numeric_or_non_finite", NON_FINITE: "non_numeric_or_non_finite",
+                BAD_LABEL: "bad_label", BAD_PORT: "bad_port"}  # fmt: skip
+BACKGROUND_SKIP = "unlabelled_background"
 
 
 def check_policy(policy: str) -> None:
@@ -50,117 +56,99 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
     return text.lstrip("\ufeff")
 
 
+def read_lines(path: str | Path) -> list[str]:
+    """The file's lines (``\\n`` or ``\\r\\n`` ends), BOM removed."""
+    return [line[:-1] if line.endswith("\r") else line for line in read_text(path).split("\n")]
+
+
 @dataclass
 class RawRecords:
-    """String cells of one file with the file line of every record, plus skip counts."""
+    """Cells of one file's records with the file line of every record, plus skip counts."""
 
     path: str
-    columns: list[str]
     rows: list[list[str]]
     lines: list[int]
     skipped: dict[str, int] = field(default_factory=dict)
 
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=self.columns, dtype=object)
+
+def split_records(path: str, lines: list[str], layout: Layout, *, first_index: int, policy: BadRecordPolicy,
+                  comment: str | None = None) -> RawRecords:  # fmt: skip
+    """Split ``lines[first_index:]`` into records of exactly ``layout.n_fields`` cells; blank lines (and lines
+    starting with ``comment``) are not records."""
+    records = RawRecords(path, [], [])
+    n_fields = layout.n_fields
+    numbered = [(i, ln) for i, ln in enumerate(lines[first_index:], first_index)
+                if ln.strip() and not (comment and ln.startswith(comment))]  # fmt: skip
+    rows = [layout.split(ln) for _, ln in numbered]
+    wrong = [k for k, cells in enumerate(rows) if len(cells) != n_fields]
+    if wrong and policy == "error":
+        k = wrong[0]
+        hint = " (truncated last line?)" if k == len(rows) - 1 and len(rows[k]) < n_fields else ""
+        raise FlowDataError(path, f"wrong number of fields{hint}", line=numbered[k][0] + 1,
+                            expected=f"{n_fields} fields", got=f"{len(rows[k])} fields")  # fmt: skip
+    if wrong:
+        records.skipped["wrong_field_count"] = len(wrong)
+        drop = set(wrong)
+        numbered = [x for k, x in enumerate(numbered) if k not in drop]
+        rows = [x for k, x in enumerate(rows) if k not in drop]
+    records.rows = rows
+    records.lines = [i + 1 for i, _ in numbered]
+    return records
 
 
-def split_csv(
-    path: str,
-    text: str,
-    columns: list[str],
-    *,
-    first_line: int,
-    policy: BadRecordPolicy,
-) -> RawRecords:
-    """Parse CSV ``text`` (no header) into records of exactly ``len(columns)`` fields."""
-    rows: list[list[str]] = []
-    lines: list[int] = []
-    skipped: dict[str, int] = {}
-    reader = csv.reader(io.StringIO(text))
-    n_fields = len(columns)
-    for record in reader:
-        line_no = first_line + reader.line_num - 1
-        if not record or (len(record) == 1 and not record[0].strip()):
-            continue
-        if len(record) != n_fields:
-            if policy == "skip":
-                skipped["wrong_field_count"] = skipped.get("wrong_field_count", 0) + 1
-                continue
-            truncated = len(record) < n_fields and _is_last(reader)
-            hint = " (truncated last line?)" if truncated else ""
-            raise FlowDataError(
-                path,
-                f"wrong number of fields{hint}",
-                line=line_no,
-                expected=f"{n_fields} fields",
-                got=f"{len(record)} fields",
-            )
-        rows.append(record)
-        lines.append(line_no)
-    return RawRecords(path=path, columns=list(columns), rows=rows, lines=lines, skipped=skipped)
-
-
-def _is_last(reader: Iterable) -> bool:
-    """True when the csv reader has no further non-empty record."""
-    for rest in reader:
-        if rest and any(cell.strip() for cell in rest):
-            return False
-    return True
-
-
-def drop_rows(records: RawRecords, frame: pd.DataFrame, bad: np.ndarray, reason: str) -> pd.DataFrame:
-    """Remove rows flagged ``bad`` from ``frame`` and ``records.lines``, counting them under ``reason``."""
-    n_bad = int(bad.sum())
-    if n_bad == 0:
-        return frame
-    records.skipped[reason] = records.skipped.get(reason, 0) + n_bad
-    keep = ~bad
-    records.lines = [ln for ln, k in zip(records.lines, keep) if k]
-    return frame.loc[keep].reset_index(drop=True)
-
-
-def to_numeric_columns(
-    records: RawRecords,
-    frame: pd.DataFrame,
-    columns: list[str],
-    *,
-    policy: BadRecordPolicy,
-    expected: str = "a finite number",
-) -> pd.DataFrame:
-    """Convert ``columns`` of ``frame`` (strings) to float64; bad cells raise or (skip policy) drop the row."""
-    converted: dict[str, np.ndarray] = {}
-    bad_any = np.zeros(len(frame), dtype=bool)
-    for column in columns:
-        raw = frame[column].astype(str).str.strip()
-        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(values)
+def normalise_records(records: RawRecords, layout: Layout, policy: BadRecordPolicy) -> Normalised:
+    """The shared normalisation of the records, with the bad-record policy applied and Background dropped."""
+    batch = layout.normalise_rows(records.rows)
+    if policy == "error":
+        first = batch.first_problem()
+        if first is not None:
+            row, problem = first
+            raise FlowDataError(records.path, problem.describe(row), line=records.lines[row], column=problem.column,
+                                expected=problem.expected, got=str(problem.cells[row]))  # fmt: skip
+    keep = np.ones(batch.n, dtype=bool)
+    for reason, key in SKIP_REASONS.items():
+        bad = batch.bad_rows([reason]) & keep
         if bad.any():
-            if policy == "error":
-                i = int(np.flatnonzero(bad)[0])
-                cell = str(frame[column].iat[i])
-                problem = _describe_bad_cell(cell)
-                raise FlowDataError(
-                    records.path, problem, line=records.lines[i], column=column, expected=expected, got=cell
-                )
-            bad_any |= bad
-        converted[column] = values
-    out = frame.copy()
-    for column, values in converted.items():
-        out[column] = values
-    if bad_any.any():
-        reasons = "non_numeric_or_non_finite"
-        out = drop_rows(records, out, bad_any, reasons)
-    return out
+            records.skipped[key] = records.skipped.get(key, 0) + int(bad.sum())
+            keep &= ~bad
+    if batch.label is not None:
+        background = keep & (batch.label == UNLABELLED)
+        if background.any():
+            records.skipped[BACKGROUND_SKIP] = int(background.sum())
+            keep &= ~background
+    if keep.all():
+        return batch
+    records.lines = [line for line, k in zip(records.lines, keep) if k]
+    filled = batch.filled
+    batch = batch.take(keep)
+    batch.filled = filled
+    return batch
 
 
-def _describe_bad_cell(cell: str) -> str:
-    if not cell.strip():
-        return "empty value"
-    try:
-        float(cell)
-    except ValueError:
-        return "non-numeric value"
-    return "non-finite value (NaN or inf)"
+def frame_of(batch: Normalised) -> pd.DataFrame:
+    """The flow table's frame: features, label, family and, where the source has them, addresses, ports, times."""
+    columns: dict[str, object] = {**batch.numeric, **batch.categorical}
+    columns[LABEL] = batch.label.astype(np.int8)
+    columns[ATTACK_CAT] = batch.family
+    if batch.src_ip is not None:
+        columns[SRC_IP], columns[DST_IP] = batch.src_ip, batch.dst_ip
+        for name, values in ((SRC_PORT, batch.src_port), (DST_PORT, batch.dst_port)):
+            missing = np.isnan(values)
+            columns[name] = pd.arrays.IntegerArray(np.where(missing, 0, values).astype(np.int64), missing)
+        columns[START_TIME] = batch.start_time
+    return pd.DataFrame(columns)
+
+
+def table_of(batch: Normalised, layout: Layout, source: str, path: str, records: RawRecords,
+             notes: list[str]) -> FlowTable:  # fmt: skip
+    """The :class:`FlowTable` of a normalised batch, with fill counts and dropped Background in its notes."""
+    notes = list(notes)
+    for column, count in batch.filled.items():
+        notes.append(f"{count} blank or unset {column} read as 0")
+    if records.skipped.get(BACKGROUND_SKIP):
+        notes.append(f"{records.skipped[BACKGROUND_SKIP]} Background (unlabelled) records dropped")
+    return FlowTable(frame_of(batch), list(layout.numeric), list(layout.categorical), source, path, records.skipped,
+                     notes)  # fmt: skip
 
 
 def require_columns(path: str, present: list[str], required: Iterable[str], *, line: int = 1) -> None:

@@ -1,9 +1,10 @@
 """Reader for the raw UNSW-NB15_1..4 CSVs: 49 columns, no header, names from NUSW-NB15_features.csv.
 
-Quirks handled: hex port strings (``0x000b``), ``-`` ports (ICMP and others), attack families with stray
-spaces and the ``Backdoor``/``Backdoors`` pair, empty ``attack_cat`` for normal traffic, blank
-``ct_flw_http_mthd``/``is_ftp_login``/``ct_ftp_cmd`` (read as 0 and counted in the table's notes). Feature
-names are mapped to the partitioned files' names so one vocabulary serves both formats.
+Quirks handled by the shared normalisation (:mod:`flows.normalise.unsw`): hex port strings (``0x000b``), ``-``
+ports (ICMP and others), attack families with stray spaces and the ``Backdoor``/``Backdoors`` pair, empty
+``attack_cat`` for normal traffic, blank ``ct_flw_http_mthd``/``is_ftp_login``/``ct_ftp_cmd`` (read as 0 and
+counted in the table's notes), upper-case ``state``. Features carry the partitioned files' names and order, with
+``rate`` derived, so a model trained on the partitioned files serves raw records.
 """
 
 from __future__ import annotations
@@ -11,29 +12,23 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from flows.errors import FlowDataError
+from flows.normalise import UnswRaw
 from flows.readers.records import (
     BadRecordPolicy,
     check_policy,
-    drop_rows,
+    normalise_records,
+    read_lines,
     read_text,
-    split_csv,
-    to_numeric_columns,
+    split_records,
+    table_of,
 )
-from flows.readers.unsw_partitioned import normalise_family, parse_binary_labels
-from flows.schema import UNSW_BLANK_AS_ZERO as BLANK_AS_ZERO
 from flows.schema import UNSW_RAW_PUBLISHED_NAMES as PUBLISHED_NAMES  # when NUSW-NB15_features.csv is absent
-from flows.schema import unsw_canonical_name as canonical_name
-from flows.table import ATTACK_CAT, DST_IP, DST_PORT, LABEL, SRC_IP, SRC_PORT, START_TIME, FlowTable
+from flows.table import FlowTable
 
 log = logging.getLogger(__name__)
 
 FEATURES_FILE = "NUSW-NB15_features.csv"
-CATEGORICAL = ["proto", "state", "service"]
-NOT_FEATURES = {SRC_IP, SRC_PORT, DST_IP, DST_PORT, START_TIME, "ltime", ATTACK_CAT, LABEL}
 
 
 def read_feature_names(path: str | Path) -> list[str]:
@@ -60,35 +55,6 @@ def find_features_file(data_file: Path) -> Path | None:
     return None
 
 
-def parse_ports(records, frame: pd.DataFrame, column: str, policy: BadRecordPolicy) -> pd.DataFrame:
-    """Ports as nullable Int64: decimal or hex (``0x000b``); ``-`` or blank means no port."""
-    raw = frame[column].astype(str).str.strip()
-    is_hex = raw.str.lower().str.startswith("0x")
-    values = pd.to_numeric(raw.where(~is_hex), errors="coerce")
-    hex_values = raw[is_hex].map(_hex_or_nan)
-    values[is_hex] = hex_values
-    missing = raw.isin(["-", ""])
-    bad = (values.isna() & ~missing) | (values < 0) | (values > 65535)
-    if bad.any():
-        if policy == "error":
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise FlowDataError(
-                records.path, "bad port", line=records.lines[i], column=column,
-                expected="a port 0-65535 (decimal or 0x hex) or '-'", got=raw.iat[i],
-            )  # fmt: skip
-        frame = drop_rows(records, frame, bad.to_numpy(), "bad_port")
-        values = values[~bad.to_numpy()].reset_index(drop=True)
-    frame[column] = values.astype("Int64").to_numpy()
-    return frame
-
-
-def _hex_or_nan(text: str) -> float:
-    try:
-        return float(int(text, 16))
-    except ValueError:
-        return float("nan")
-
-
 def read_unsw_raw(
     path: str | Path, *, features_file: str | Path | None = None, bad_records: BadRecordPolicy = "error"
 ) -> FlowTable:
@@ -102,31 +68,14 @@ def read_unsw_raw(
     else:
         published = list(PUBLISHED_NAMES)
         notes.append(f"{FEATURES_FILE} not found next to the data; used the published 49 names")
-    names = [canonical_name(n) for n in published]
-    text = read_text(path)
-    first = text.split("\n", 1)[0]
-    if first.lower().startswith(("srcip", "no.")):
+    layout = UnswRaw(published)
+    lines = read_lines(path)
+    if lines[0].lower().startswith(("srcip", "no.")):
         raise FlowDataError(path, "unexpected header row", line=1, expected="no header (raw UNSW-NB15 format)")
-    records = split_csv(str(path), text, names, first_line=1, policy=bad_records)
+    records = split_records(str(path), lines, layout, first_index=0, policy=bad_records)
     if not records.rows:
         raise FlowDataError(path, "no flow records", expected="at least one record")
-    frame = records.frame()
-    for column in BLANK_AS_ZERO:
-        blank = frame[column].astype(str).str.strip() == ""
-        if blank.any():
-            notes.append(f"{int(blank.sum())} blank {column} read as 0")
-            frame.loc[blank, column] = "0"
-    numeric = [n for n in names if n not in NOT_FEATURES and n not in CATEGORICAL]
-    frame = to_numeric_columns(records, frame, [*numeric, START_TIME], policy=bad_records)
-    frame = parse_binary_labels(records, frame, bad_records)
-    for column in (SRC_PORT, DST_PORT):
-        frame = parse_ports(records, frame, column, bad_records)
-    for column in (SRC_IP, DST_IP):
-        frame[column] = frame[column].astype(str).str.strip()
-    for column in CATEGORICAL:
-        frame[column] = frame[column].astype(str).str.strip().str.lower().replace("", "-")
-    frame[ATTACK_CAT] = frame[ATTACK_CAT].astype(str).map(normalise_family)
-    frame = frame[[*numeric, *CATEGORICAL, LABEL, ATTACK_CAT, SRC_IP, DST_IP, SRC_PORT, DST_PORT, START_TIME]]
-    table = FlowTable(frame, numeric, list(CATEGORICAL), "unsw-nb15-raw", str(path), records.skipped, notes)
+    batch = normalise_records(records, layout, bad_records)
+    table = table_of(batch, layout, "unsw-nb15-raw", str(path), records, notes)
     log.info("read %s: %d records, skipped %s", path, len(table), records.skipped or 0)
     return table

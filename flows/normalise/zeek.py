@@ -1,0 +1,128 @@
+"""Labelled Zeek conn logs (IoT-23, Stratosphere) in both shapes.
+
+* The original tab-separated log: ``#`` header lines, ``#fields`` names the columns, ``#unset_field`` (``-``) and
+  ``#empty_field`` (``(empty)``) give the markers; IoT-23 separates its last three fields by runs of spaces.
+* The CSV export: a header row with the Zeek field names, comma-separated, unset fields blank, ``(empty)`` kept.
+
+Both normalise alike: categorical values stripped (Zeek's values are case-sensitive: ``history`` upper case means
+the originator, so no case folding), unset/empty/blank as ``-``; unset ``duration``/``orig_bytes``/``resp_bytes``
+(connections Zeek could not measure) read as 0 and counted; labels ``Benign``/``Malicious`` in any case, and
+``Background`` as unlabelled (never benign); the family from ``detailed-label`` (IoT-23) or ``detailedlabel``
+(Stratosphere), ``Normal`` for benign records.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from flows.normalise.cells import (
+    BAD_LABEL,
+    BAD_PORT,
+    Normalised,
+    Problem,
+    categorical,
+    labels_from,
+    numeric_columns,
+    ports,
+    stripped,
+    unset_as_zero,
+)
+from flows.normalise.layout import Layout
+from flows.schema import BENIGN_FAMILY, IOT23_CATEGORICAL, IOT23_NUMERIC, IOT23_UNSET_AS_ZERO
+
+TS, ORIG_H, ORIG_P, RESP_H, RESP_P = "ts", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p"
+LABEL_FIELD = "label"
+FAMILY_FIELDS = ("detailed-label", "detailedlabel")
+LABELS = {"benign": 0, "malicious": 1, "background": -1}
+BACKGROUND = "Background"
+REQUIRED = (TS, ORIG_H, ORIG_P, RESP_H, RESP_P, *IOT23_NUMERIC, *IOT23_CATEGORICAL, LABEL_FIELD)
+WHITESPACE = re.compile(r"[ \t]+")
+
+
+def is_zeek_csv_header(names: Sequence[str]) -> bool:
+    """True for a CSV header naming Zeek conn-log fields."""
+    return {TS, ORIG_H, "conn_state"} <= set(names)
+
+
+def family_field(columns: Sequence[str]) -> str | None:
+    return next((f for f in FAMILY_FIELDS if f in columns), None)
+
+
+class ZeekLog(Layout):
+    """The tab-separated log; columns from the ``#fields`` line."""
+
+    fmt = "zeek"
+    source = "iot-23"
+    numeric = tuple(IOT23_NUMERIC)
+    categorical = tuple(IOT23_CATEGORICAL)
+
+    def __init__(self, columns: Sequence[str], unset: str = "-", empty: str = "(empty)") -> None:
+        super().__init__(columns)
+        self.unset, self.empty = unset, empty
+
+    @classmethod
+    def from_fields_line(cls, line: str, unset: str = "-", empty: str = "(empty)") -> "ZeekLog":
+        """The layout named by a ``#fields`` header line."""
+        return cls(WHITESPACE.split(line.partition("\t")[2].strip()), unset, empty)
+
+    def split(self, line: str) -> list[str]:
+        fields = line.split("\t")
+        if len(fields) < self.n_fields:  # IoT-23: the last fields separated by spaces
+            fields = fields[:-1] + WHITESPACE.split(fields[-1].strip())
+        return fields
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        return ("", self.unset, self.empty)
+
+    def normalise(self, cells: Mapping[str, np.ndarray]) -> Normalised:
+        problems: list[Problem] = []
+        cells = dict(cells)
+        filled = {}
+        for column in IOT23_UNSET_AS_ZERO:
+            cells[column], count = unset_as_zero(cells[column], self.markers)
+            if count:
+                filled[column] = count
+        numeric = numeric_columns(cells, [*IOT23_NUMERIC, TS], problems)
+        start_time = numeric.pop(TS)
+        label, bad = labels_from(cells[LABEL_FIELD], LABELS, lower=True)
+        if bad.any():
+            problems.append(Problem(BAD_LABEL, LABEL_FIELD, "Benign, Malicious or Background", bad,
+                                    cells[LABEL_FIELD]))  # fmt: skip
+        port = {}
+        for column in (ORIG_P, RESP_P):
+            port[column], bad = ports(cells[column], hex_ok=False)
+            if bad.any():
+                problems.append(Problem(BAD_PORT, column, "an integer port 0-65535 or unset", bad, cells[column]))
+        n = len(cells[LABEL_FIELD])
+        return Normalised(
+            n, numeric, {c: categorical(cells[c], lower=False, unset=self.markers) for c in IOT23_CATEGORICAL},
+            label, self._families(cells, label), src_ip=stripped(cells[ORIG_H]).astype(object),
+            dst_ip=stripped(cells[RESP_H]).astype(object), src_port=port[ORIG_P], dst_port=port[RESP_P],
+            start_time=start_time, problems=problems, filled=filled,
+        )  # fmt: skip
+
+    def _families(self, cells: Mapping[str, np.ndarray], label: np.ndarray) -> np.ndarray:
+        field = family_field(list(cells))
+        n = len(label)
+        detail = stripped(cells[field]) if field else np.full(n, "", dtype=str)
+        out = detail.astype(object)
+        out[np.isin(detail, self.markers)] = "Malicious"
+        out[label == 0] = BENIGN_FAMILY
+        out[label == -1] = BACKGROUND
+        return out
+
+
+class ZeekCsv(ZeekLog):
+    """The CSV export: a header row, comma-separated, unset fields blank."""
+
+    fmt = "zeek_csv"
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        super().__init__([c.strip() for c in columns], unset="-", empty="(empty)")
+
+    def split(self, line: str) -> list[str]:
+        return Layout.split(self, line)

@@ -8,6 +8,7 @@ Config (TOML; every listen address explicit, loopback by default)::
     [openflow]  host = "127.0.0.1"   port = 6653
     [api]       host = "127.0.0.1"   port = 8470
     [store]     path = "isolation-blocks.sqlite"
+    [timers]    expire_every = 1.0   reconcile_every = 5.0   (seconds)
     [api]       certfile = "api.pem"   keyfile = "api.key"       (optional: TLS)
     [safety]    allowlist = ["10.77.0.254", "192.168.0.0/24"]   max_per_minute = 30   max_blocked_share = 0.25
                 own_addresses = ["192.168.0.2"]   (besides the listen addresses, never blocked)
@@ -16,9 +17,10 @@ A block installs, on every connected switch, drop rules at priority 60000 for th
 destination and for ARP from and to it, then waits for the switch's barrier reply before the API call returns.
 The rules have no switch-side timeout (OpenFlow caps ``hard_timeout`` at 65,535 s, so a longer TTL would lapse on
 the switch while the store still listed it): the controller's own timer lifts expired blocks, and every
-``reconcile_every`` seconds puts back the rules of any active block a connected switch does not hold. The
-controller records which switch confirmed which block (a barrier after the rules), forgets a switch's record when
-it disconnects and re-installs every block when it connects; ``GET /blocks`` reports that record per block.
+``reconcile_every`` seconds reads the drop rules each switch holds (flow stats by cookie) and puts back those of
+any active block a connected switch lacks. The controller records which switch holds which block (confirmed by a
+barrier after the rules, or read by that audit), forgets a switch's record when it disconnects and re-installs
+every block when it connects; ``GET /blocks`` reports that record per block (``switches``, ``enforced``).
 The store makes blocks survive a controller restart. os-ken 4.x runs on native threads (no eventlet, no
 monkey-patching), so the API's threads call the switch directly.
 """
@@ -47,6 +49,9 @@ DROP_COOKIE = 0xB07D_EF00_0000_0001
 ALL_BITS = 0xFFFF_FFFF_FFFF_FFFF
 DROP_PRIORITY = 60000
 BARRIER_TIMEOUT = 2.0
+IPV4_FIELDS = {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"}
+IPV6_FIELDS = {"ipv6_src", "ipv6_dst"}
+MATCH_FIELDS = (*sorted(IPV4_FIELDS), *sorted(IPV6_FIELDS))
 
 
 def drop_matches(parser, ip: str) -> list:
@@ -160,6 +165,40 @@ class IsolationSwitch(app_manager.OSKenApp):
             with self.lock:
                 self.held.get(dp.id, set()).discard(ip)
 
+    def audit(self, timeout: float = BARRIER_TIMEOUT) -> int:
+        """Read the drop rules every connected switch holds (a flow-stats request by cookie) into the record that
+        ``held_by`` and ``GET /blocks`` report; returns how many switches answered."""
+        from os_ken.app.ofctl import event as ofctl_event
+
+        answered = 0
+        for dp in self._switches():
+            parser, ofp = dp.ofproto_parser, dp.ofproto
+            msg = parser.OFPFlowStatsRequest(dp, table_id=ofp.OFPTT_ALL, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+                                             cookie=DROP_COOKIE, cookie_mask=ALL_BITS, match=parser.OFPMatch())
+            request = ofctl_event.SendMsgRequest(msg=msg, reply_cls=parser.OFPFlowStatsReply, reply_multi=True)
+            request.sync, request.reply_q = True, queue.Queue()
+            self.send_event("ofctl_service", request)
+            try:
+                replies = request.reply_q.get(timeout=timeout)()
+            except queue.Empty:
+                log.warning("switch %s: no flow-stats reply within %s s", dp.id, timeout)
+                continue
+            fields: dict[str, set[str]] = {}
+            for reply in replies:
+                for stat in reply.body:
+                    if stat.priority != DROP_PRIORITY:
+                        continue
+                    for name in MATCH_FIELDS:
+                        if name in stat.match:
+                            fields.setdefault(str(stat.match[name]), set()).add(name)
+            held = {ip for ip, names in fields.items()
+                    if names >= (IPV6_FIELDS if ":" in ip else IPV4_FIELDS)}  # fmt: skip
+            with self.lock:
+                if self.datapaths.get(dp.id) is dp:
+                    self.held[dp.id] = held
+            answered += 1
+        return answered
+
     def held_by(self, ip: str) -> list[int]:
         """The connected switches that confirmed ``ip``'s drop rules."""
         with self.lock:
@@ -213,18 +252,23 @@ class ControllerConfig:
     @classmethod
     def from_toml(cls, path: str | Path) -> "ControllerConfig":
         data = tomllib.loads(Path(path).read_text())
-        known = {"openflow", "api", "store", "safety"}
+        known = {"openflow", "api", "store", "safety", "timers"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown section(s) {', '.join(unknown)}; accepted: {', '.join(sorted(known))}")
-        of, api, store, safety = (data.get(k, {}) for k in ("openflow", "api", "store", "safety"))
+        of, api, store, safety, timers = (data.get(k, {}) for k in ("openflow", "api", "store", "safety", "timers"))
+        for name in ("expire_every", "reconcile_every"):
+            value = timers.get(name, 1.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 86400:
+                raise ValueError(f"{path}: [timers] {name} must be a number of seconds in (0, 86400), got {value!r}")
         return cls(openflow_host=of.get("host", "127.0.0.1"), openflow_port=int(of.get("port", 6653)),
                    api_host=api.get("host", "127.0.0.1"), api_port=int(api.get("port", 8470)),
                    store=str(store.get("path", "isolation-blocks.sqlite")), allowlist=list(safety.get("allowlist", [])),
                    max_per_minute=int(safety.get("max_per_minute", 30)),
                    max_blocked_share=float(safety.get("max_blocked_share", 0.25)),
                    own_addresses=list(safety.get("own_addresses", [])), certfile=api.get("certfile"),
-                   keyfile=api.get("keyfile"))  # fmt: skip
+                   keyfile=api.get("keyfile"), expire_every=float(timers.get("expire_every", 1.0)),
+                   reconcile_every=float(timers.get("reconcile_every", 5.0)))  # fmt: skip
 
 
 class Controller:
@@ -275,6 +319,7 @@ class Controller:
             if time.monotonic() - last_reconcile >= self.config.reconcile_every:
                 last_reconcile = time.monotonic()
                 if self.switch._switches():
+                    self.switch.audit()
                     count = self.service.reconcile()
                     if count:
                         log.info("%d block(s) missing on a switch were installed again", count)

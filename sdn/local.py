@@ -24,12 +24,13 @@ def free_port() -> int:
 class ControllerProcess:
     """``python -m sdn.controller`` with its own config; stopped by pid."""
 
-    def __init__(self, folder: Path, allowlist: list[str]) -> None:
+    def __init__(self, folder: Path, allowlist: list[str], reconcile_every: float = 5.0) -> None:
         self.of_port, self.api_port = free_port(), free_port()
         self.config = folder / "controller.toml"
         self.config.write_text(
             f'[openflow]\nhost = "127.0.0.1"\nport = {self.of_port}\n[api]\nhost = "127.0.0.1"\nport = {self.api_port}\n'
             f'[store]\npath = "{folder / "blocks.sqlite"}"\n[safety]\nallowlist = {json.dumps(allowlist)}\n'
+            f"[timers]\nreconcile_every = {reconcile_every}\n"
         )  # fmt: skip
         self.log = folder / "controller.log"
         self.process: subprocess.Popen | None = None

@@ -165,7 +165,13 @@ class NetworkBed:
         (self.state_dir / "testbed.json").write_text(json.dumps(state, indent=1))
 
     def down(self) -> None:
-        """Remove every namespace and veth with this bed's prefix and stop its own OVS daemons (by pid file)."""
+        """Remove every namespace and veth with this bed's prefix, its bridge, and stop its own OVS daemons (by pid
+        file); then remove the userspace datapath's tap devices: the bridge's (named like the bridge) and
+        ``ovs-netdev``, the datapath's own, once no ``ovs-vswitchd`` runs on the machine any more (another Open
+        vSwitch would still be using it)."""
+        if (self.state_dir / "db.sock").exists():
+            run("ovs-vsctl", f"--db=unix:{self.state_dir / 'db.sock'}", "--timeout=5", "--if-exists", "del-br",
+                self.bridge, check=False, env=self._env())  # fmt: skip
         namespaces = run("ip", "netns", "list", check=False).stdout.split()
         for name in namespaces:
             if name.startswith(f"{self.prefix}-h"):
@@ -177,9 +183,31 @@ class NetworkBed:
                 run("ip", "link", "delete", name, check=False)
         for daemon in ("controller", "ovs-vswitchd", "ovsdb-server"):
             stop_pidfile(self.state_dir / f"{daemon}.pid")
+        remove_link(self.bridge)
+        if not processes_named("ovs-vswitchd"):
+            remove_link("ovs-netdev")
         if self.state_dir.exists():
             shutil.rmtree(self.state_dir, ignore_errors=True)
         self.hosts = []
+
+
+def remove_link(name: str) -> None:
+    """Delete the network device ``name`` if it exists."""
+    if Path("/sys/class/net", name).exists():
+        run("ip", "link", "delete", name, check=False)
+
+
+def processes_named(name: str) -> list[int]:
+    """Pids of the running processes whose command name is ``name`` (read from /proc; nothing is signalled)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name[:15]:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
 
 
 def stop_pidfile(path: Path, timeout: float = 5.0) -> None:

@@ -25,9 +25,12 @@ def bed(tmp_path):
 
 
 def leftovers(prefix: str) -> list[str]:
+    """Namespaces, veths and tap devices of the bed (the bridge's and the userspace datapath's ovs-netdev)."""
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    return [n for n in names if n.startswith(prefix)] + [l for l in links.splitlines() if f" {prefix}p-" in l]
+    taps = (f" {prefix}-br0:", f" {prefix}-br0@", " ovs-netdev:", " ovs-netdev@")
+    return [n for n in names if n.startswith(prefix)] + [l for l in links.splitlines()
+                                                         if f" {prefix}p-" in l or any(t in l for t in taps)]
 
 
 def test_hosts_talk_through_the_bridge_and_down_removes_everything(bed):

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from simulation.centralized import CONF_DIR, run_centralized
+from simulation.centralized import run_centralized
+from simulation.config import CONF_DIR
 
 PAPER_ACCURACY = {"logreg": 0.945, "random_forest": 0.978, "xgboost": 0.983, "cnn_lstm": 0.991}
 ROOT = Path(__file__).resolve().parent

@@ -27,7 +27,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from simulation.process_tree import run_watched
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devtools/ (test and benchmark helpers, not installed)
+from devtools.process_tree import run_watched  # noqa: E402
 from readme_block import replace_readme_block  # benchmarks/readme_block.py (this script's folder)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +76,8 @@ def scale_part(clients: list[int], rounds: int, workers: int, timeout: float) ->
     return rows
 
 
-SETTINGS = ("num-server-rounds", "local-epochs", "batch-size", "lr", "lr-decay", "strategy.name")  # kept per run
+SETTINGS = ("simulation.num-rounds", "simulation.local-epochs", "simulation.batch-size", "simulation.lr",
+            "simulation.lr-decay", "strategy.name")  # kept per run
 
 
 def quality_part(alphas: list[float], seeds: list[int], timeout: float, fresh: bool) -> dict:
@@ -83,7 +85,7 @@ def quality_part(alphas: list[float], seeds: list[int], timeout: float, fresh: b
     after every run (nothing is lost if the benchmark stops), reusing finished entries unless ``fresh``."""
     from hydra import compose, initialize_config_dir
 
-    from simulation.centralized import CONF_DIR
+    from simulation.config import CONF_DIR
     from simulation.reference import centralized_reference
 
     path = RESULTS / "quality.json"
@@ -163,7 +165,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("scale", "quality", "all"), default="all")
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--rounds", type=int, default=3, help="rounds per scale run")
-    parser.add_argument("--workers", type=int, default=2, help="Ray workers (cores / simulation.client_cpus)")
+    parser.add_argument("--workers", type=int, default=2, help="Ray workers (cores / launcher.client_cpus)")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.5, 1.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--timeout", type=float, default=3600)

@@ -11,7 +11,7 @@ attack (``strategy.assumed_malicious``: Krum's f = 6, FedTrimmedAvg's beta = 0.3
 operator does not know how many attackers there are this time. The grid is one Hydra multirun,
 
     python -m simulation -m attack.fraction=0.2,0.3 attack=none,A,B,.. strategy=X,Y,.. ... \
-        simulation.skip_done=true hydra.sweep.dir=benchmarks/results/poisoning/runs \
+        launcher.skip_done=true hydra.sweep.dir=benchmarks/results/poisoning/runs \
         hydra.sweep.subdir='${bd.cell:${attack.name},${attack.fraction},${strategy.name}}'
 
 whose jobs are named by cell (every attack-free job is ``none__0__<defence>``, run once): a job whose folder
@@ -58,7 +58,7 @@ def sweep_command(args: argparse.Namespace, attacks: list[str], defences: list[s
                "strategy=" + ",".join(defences),
                f"strategy.assumed_malicious={ASSUMED_MALICIOUS}", "partition.n_clients=20",
                f"simulation.num_rounds={args.rounds}", "simulation.local_epochs=1",
-               f"simulation.root_size={args.root_size}", f"seed={args.seed}", "simulation.skip_done=true",
+               f"simulation.root_size={args.root_size}", f"seed={args.seed}", "launcher.skip_done=true",
                f"hydra.sweep.dir={args.results / 'runs'}",
                "hydra.sweep.subdir='${bd.cell:${attack.name},${attack.fraction},${strategy.name}}'"]  # fmt: skip
     if args.subsample:

@@ -22,10 +22,8 @@ from omegaconf import DictConfig
 
 from conf.schema import RunSpecError, check_override_keys
 from flows.errors import FlowDataError
-from simulation.config import register
+from simulation.config import CONF_DIR, register
 from simulation.federated import SimulationConfigError, run_federated
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 log = logging.getLogger("simulation")
 

@@ -21,15 +21,16 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from conf.schema import DatasetSpec, from_dict
 from flows.errors import FlowDataError
 from flows.loader import load_dataset
 from flows.pipeline import PipelineConfig
 from flows.protocols import PreparedData, ProtocolConfig, prepare, stratified_subsample
 from models.baselines import make_detector
 from models.evaluation import detection_metrics
+from simulation.config import CONF_DIR
 
 log = logging.getLogger(__name__)
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 SUMMARY_KEYS = ("accuracy", "precision", "recall", "f1", "roc_auc", "train_seconds", "model_bytes")
 LEAKY_MARK = "LEAKY (SMOTE before split)"
 
@@ -81,8 +82,9 @@ def run_centralized(cfg: DictConfig, out_dir: Path) -> dict:
     unknown = [m for m in cfg.run_models if m not in cfg.models]
     if unknown:
         raise ValueError(f"run_models names {unknown} that have no config under models (have {list(cfg.models)})")
-    table = load_dataset(cfg.dataset.name, cfg.dataset.data_dir, file=cfg.dataset.file,
-                         bad_records=cfg.dataset.bad_records)  # fmt: skip
+    dataset = from_dict(OmegaConf.to_container(cfg.dataset, resolve=True), DatasetSpec)
+    table = load_dataset(dataset.name, dataset.data_dir or None, file=dataset.file or None,
+                         bad_records=dataset.bad_records)  # type: ignore[arg-type]
     seeds = [int(s) for s in cfg.seeds]
     if not seeds:
         raise ValueError("seeds is empty: give at least one, e.g. seeds=[0]")

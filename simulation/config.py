@@ -8,6 +8,7 @@ into the typed :class:`~conf.schema.RunSpec` and :class:`~conf.schema.LauncherSp
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -17,12 +18,20 @@ from conf.schema import FederatedConfig, LauncherSpec, RunSpec, from_dict
 from simulation import config_resolvers
 
 SCHEMA_NAME = "federated_schema"
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def register() -> None:
-    """Register the schema and the resolvers (idempotent; before Hydra composes a federated config)."""
+    """Register the schema, every model family's parameter defaults (``model/<family>_defaults``, which the files
+    of ``conf/model`` extend, so that every parameter can be overridden without ``+``) and the resolvers
+    (idempotent; before Hydra composes a federated config)."""
+    from models.registry import family_names, get_family
+
     config_resolvers.register()
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=FederatedConfig)
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA_NAME, node=FederatedConfig)
+    for name in family_names():
+        store.store(group="model", name=f"{name}_defaults", node={"name": name, "params": get_family(name).default_params()})
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:

@@ -159,16 +159,25 @@ class LocalFederation:
         self.flwr = str(flwr) if flwr.exists() else "flwr"
         return self
 
-    def run(self, run_config: dict, *, num_supernodes: int, client_cpus: float, timeout: float,
+    def run(self, run_config: dict, *, num_supernodes: int | None, client_cpus: float | None, timeout: float,
             on_line: Callable[[str], None] | None = None) -> RunResult:
         """``flwr run`` the project app to the end and read its status (``--stream`` exits 0 on failures).
 
-        Every output line goes to ``on_line`` as it arrives (ANSI colours removed), for live progress.
+        ``run_config`` overrides the app's defaults (pyproject.toml); ``num_supernodes``/``client_cpus`` None leave
+        Flower's own federation defaults. Every output line goes to ``on_line`` as it arrives (ANSI colours
+        removed).
         """
-        cpus = int(client_cpus) if float(client_cpus).is_integer() else client_cpus  # flwr wants an int here
-        federation = f"num-supernodes={int(num_supernodes)} client-resources-num-cpus={cpus}"
-        command = [self.flwr, "run", str(REPO), "local", "--stream", "--federation-config", federation,
-                   "--run-config", format_run_config(run_config)]  # fmt: skip
+        federation = []
+        if num_supernodes is not None:
+            federation.append(f"num-supernodes={int(num_supernodes)}")
+        if client_cpus is not None:
+            cpus = int(client_cpus) if float(client_cpus).is_integer() else client_cpus  # flwr wants an int here
+            federation.append(f"client-resources-num-cpus={cpus}")
+        command = [self.flwr, "run", str(REPO), "local", "--stream"]
+        if federation:
+            command += ["--federation-config", " ".join(federation)]
+        if run_config:
+            command += ["--run-config", format_run_config(run_config)]
         started = time.perf_counter()
         lines: list[str] = []
         with subprocess.Popen(command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

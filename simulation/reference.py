@@ -10,28 +10,27 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from conf.schema import data_settings
 from flows.pipeline import FeaturePipeline, PipelineConfig
 from flows.run_split import load_split
 from flows.table import LABEL
 from models.baselines import make_detector
 from models.evaluation import detection_metrics
-from simulation.federated import data_settings
+from simulation.config import specs
 
 
 def centralized_reference(cfg: DictConfig, seed: int | None = None) -> dict:
     """Metrics (and train seconds) of the centralized ``cfg.model`` on the split of the federated ``cfg``."""
-    settings = data_settings(cfg)
-    train, test = load_split(settings)
-    config = PipelineConfig(log_transform=bool(cfg.pipeline.log_transform),
-                            min_category_count=int(cfg.pipeline.min_category_count))
+    spec, _ = specs(cfg)
+    train, test = load_split(data_settings(spec))
+    config = PipelineConfig(**vars(spec.pipeline))
     pipeline = FeaturePipeline(config).fit(train)
     X_train, X_test = pipeline.transform(train.frame), pipeline.transform(test.frame)
     y_train = train.frame[LABEL].to_numpy(dtype=np.int64)
     y_test = test.frame[LABEL].to_numpy(dtype=np.int64)
-    params = OmegaConf.to_container(cfg.model.params, resolve=True)
-    detector = make_detector(str(cfg.model.name), seed=int(cfg.seed if seed is None else seed), **params)
+    detector = make_detector(spec.model.name, seed=spec.seed if seed is None else seed, **spec.model.params)
     started = time.perf_counter()
     detector.fit(X_train, y_train)
     metrics = detection_metrics(y_test, detector.predict_proba(X_test), threshold=pipeline.state_.threshold)

@@ -76,8 +76,8 @@ SMALL_RUN = ["partition.n_clients=3", "simulation.subsample=3000", "simulation.n
 
 
 def _run_simulation(args: list[str], log_file: Path, data_dir: Path, timeout: float = 600, on_poll=None):
-    """``python -m simulation ARGS`` with its whole process tree watched (see simulation.process_tree)."""
-    from simulation.process_tree import run_watched
+    """``python -m simulation ARGS`` with its whole process tree watched (see devtools.process_tree)."""
+    from devtools.process_tree import run_watched
 
     env = {**os.environ, "BOTDEFENDER_DATA_DIR": str(data_dir)}
     return run_watched([sys.executable, "-m", "simulation", *args], cwd=REPO, log_file=log_file, env=env,

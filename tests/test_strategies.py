@@ -88,7 +88,7 @@ def test_aggregation_is_bitwise_independent_of_reply_order(name, params):
 def test_every_configured_strategy_builds_and_aggregates():
     from hydra import compose, initialize_config_dir
 
-    from simulation.centralized import CONF_DIR
+    from simulation.config import CONF_DIR
     from simulation.federated import strategy_params
 
     names = sorted(p.stem for p in __import__("pathlib").Path(CONF_DIR, "strategy").glob("*.yaml"))
@@ -183,7 +183,7 @@ def test_the_screening_conf_holds_the_screening_defaults():
     """conf/strategy/screening.yaml's params and ScreeningConfig agree (the weight cap included)."""
     from hydra import compose, initialize_config_dir
 
-    from simulation.centralized import CONF_DIR
+    from simulation.config import CONF_DIR
     from simulation.federated import strategy_params
     from strategies.registry import split_screening_params
     from strategies.screening import ScreeningConfig

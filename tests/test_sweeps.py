@@ -11,7 +11,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from simulation.__main__ import finished
-from simulation.centralized import CONF_DIR
+from simulation.config import CONF_DIR
 from simulation.config_resolvers import cell_name, malicious_count
 from simulation.federated import strategy_params
 
@@ -50,7 +50,7 @@ def test_a_sweep_records_failed_jobs_skips_finished_ones_and_exits_1(tmp_path, d
     done_job = tmp_path / "alpha_0.5"
     done_job.mkdir()
     (done_job / "metrics.json").write_text(json.dumps({"final": {"f1": 0.5}}))
-    args = [sys.executable, "-m", "simulation", "-m", "partition.alpha=0,0.5,-1", "simulation.skip_done=true",
+    args = [sys.executable, "-m", "simulation", "-m", "partition.alpha=0,0.5,-1", "launcher.skip_done=true",
             f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=alpha_${partition.alpha}"]  # fmt: skip
     done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "BOTDEFENDER_DATA_DIR": str(data_dir)})  # fmt: skip

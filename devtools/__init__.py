@@ -1,0 +1,1 @@
+"""Helpers for the tests and benchmarks only (not installed with the product packages): process-tree watching."""

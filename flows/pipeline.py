@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,22 +53,38 @@ def feature_statistics(frame: pd.DataFrame, numeric: list[str], categorical: lis
     }
 
 
-def merge_statistics(shards: Iterable[dict]) -> dict:
-    """Sum the statistics of several shards (order does not matter up to float rounding)."""
+def merge_statistics(shards: Iterable[dict], weights: Sequence[float] | None = None) -> dict:
+    """Sum the statistics of several shards (order does not matter up to float rounding).
+
+    With ``weights``, shard i counts as ``weights[i]`` times itself (its count, sums and category counts scaled:
+    its mean and variance unchanged, its share of the merge smaller); the screened federated merge
+    (``fl_server.statistics``) uses it to bound a client's weight."""
     shards = list(shards)
     if not shards:
         raise ValueError("merge_statistics needs at least one shard")
+    if weights is None:
+        factors: list[float] | None = None
+    else:
+        factors = [float(w) for w in weights]
+        if len(factors) != len(shards) or not all(np.isfinite(f) and f >= 0 for f in factors):
+            raise ValueError(f"merge_statistics: expected {len(shards)} finite weights >= 0, got {weights!r}")
+
+    def scaled(i: int, value):
+        return value if factors is None else value * factors[i]
+
     merged = {
-        "n": sum(s["n"] for s in shards),
-        "sum": np.sum([s["sum"] for s in shards], axis=0).tolist(),
-        "sumsq": np.sum([s["sumsq"] for s in shards], axis=0).tolist(),
+        "n": sum(scaled(i, s["n"]) for i, s in enumerate(shards)),
+        "sum": np.sum([np.asarray(scaled(i, np.asarray(s["sum"], dtype=np.float64))) for i, s in enumerate(shards)],
+                      axis=0).tolist(),
+        "sumsq": np.sum([np.asarray(scaled(i, np.asarray(s["sumsq"], dtype=np.float64)))
+                         for i, s in enumerate(shards)], axis=0).tolist(),
         "categories": {},
-    }
-    for shard in shards:
+    }  # fmt: skip
+    for i, shard in enumerate(shards):
         for column, counts in shard["categories"].items():
             target = merged["categories"].setdefault(column, {})
             for value, count in counts.items():
-                target[value] = target.get(value, 0) + count
+                target[value] = target.get(value, 0) + scaled(i, count)
     return merged
 
 

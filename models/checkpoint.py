@@ -51,6 +51,9 @@ class ModelSpec:
             raise ValueError(f"model spec: params must be an object, got {type(self.params).__name__}")
         object.__setattr__(self, "params", family.resolve(self.params))
 
+    def __hash__(self) -> int:  # the params dict is not hashable; its JSON form is
+        return hash(self.to_json())
+
     @property
     def model_family(self) -> "ModelFamily":
         return get_family(self.family)

@@ -172,7 +172,8 @@ def test_a_spec_round_trips_through_json_with_every_parameter():
     assert set(spec.params) == {f.name for f in dataclasses.fields(get_family(FAMILY).params_type)}
     assert spec.params["dropout"] == 0.0 and isinstance(spec.params["dropout"], float)
     again = ModelSpec.from_json(spec.to_json())
-    assert again == spec and again.to_json() == spec.to_json()
+    assert again == spec and again.to_json() == spec.to_json() and hash(again) == hash(spec)
+    assert again != ModelSpec(FAMILY, 41, {"dropout": 0.5}) and len({spec, again}) == 1
     model = again.build()
     assert model.n_features == 41 and model.params == spec.params
 

@@ -57,6 +57,9 @@ def check_config(cfg: DictConfig) -> tuple[RunSpec, LauncherSpec, DataSettings]:
         AttackConfig.of(spec.attack)
     except (RunSpecError, ValueError) as err:
         raise SimulationConfigError(str(err)) from None
+    if spec.out_dir:
+        raise SimulationConfigError("out_dir is the Hydra run folder here: set hydra.run.dir (hydra.sweep.dir in a "
+                                    f"multirun) instead of out_dir={spec.out_dir}")  # fmt: skip
     n_clients = spec.partition.n_clients
     check_model(spec)
     try:

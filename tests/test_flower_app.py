@@ -45,17 +45,33 @@ def test_statistics_records_round_trip_equals_central_fit(unsw_table):
     np.testing.assert_allclose(federated.transform(table.frame), central.transform(table.frame), atol=1e-5)
 
 
-def test_client_partitions_and_server_test_split_are_disjoint_and_cover(data_dir):
-    from fl_client.data import client_partition, partition_config_from_run_config
-    from flows.run_split import DataSettings, load_split
-    from fl_server.data import held_out_test
+def spec_of(data_dir, **changes) -> "RunSpec":
+    """The default run spec on ``data_dir`` with section fields changed: ``simulation={"subsample": 3000}``."""
+    import dataclasses
 
-    run_config = {"data-dir": str(data_dir), "subsample": 3000, "seed": 3, "partition.scheme": "dirichlet"}
-    settings = DataSettings.from_run_config(run_config)
+    from conf.schema import RunSpec
+
+    spec = RunSpec()
+    spec.dataset = dataclasses.replace(spec.dataset, data_dir=str(data_dir))
+    for section, fields in changes.items():
+        if isinstance(fields, dict):
+            setattr(spec, section, dataclasses.replace(getattr(spec, section), **fields))
+        else:
+            setattr(spec, section, fields)
+    return spec
+
+
+def test_client_partitions_and_server_test_split_are_disjoint_and_cover(data_dir):
+    from conf.schema import data_settings, from_run_config, partition_for, to_run_config
+    from fl_client.data import client_partition
+    from flows.run_split import load_split
+
+    spec = spec_of(data_dir, seed=3, simulation={"subsample": 3000})
+    settings = data_settings(spec)
     train, test = load_split(settings)
-    server_test = held_out_test(run_config)
+    server_train, server_test = load_split(data_settings(from_run_config(to_run_config(spec))))
     assert server_test.frame.equals(test.frame)
-    config = partition_config_from_run_config(run_config, 3)
+    config = partition_for(spec, 3)
     parts = [client_partition(settings, config, i) for i in range(3)]
     assert sum(len(p) for p in parts) == len(train) == 2400 and len(test) == 600
 
@@ -203,17 +219,18 @@ def test_a_gateway_client_reads_its_own_capture_from_node_config(data_dir, tmp_p
     from flows.errors import ConfigError
 
     capture = data_dir / "unsw-nb15" / "UNSW_NB15_testing-set.csv"
-    partition_id, table = local_table({"dataset": "unsw-nb15"}, {"data-path": str(capture)})
+    spec = spec_of(data_dir)
+    partition_id, table = local_table(spec, {"data-path": str(capture)})
     assert partition_id == -1 and len(table) == 82332
     iot = sorted((data_dir / "iot-23").glob("*.conn.log.labeled"))[0]
-    _, iot_table = local_table({"dataset": "unsw-nb15"}, {"data-path": str(iot), "dataset": "iot-23"})
+    _, iot_table = local_table(spec, {"data-path": str(iot), "dataset": "iot-23"})
     assert len(iot_table) > 0 and "src_ip" in iot_table.frame
     with pytest.raises(ConfigError, match="neither partition-id"):
-        local_table({}, {})
+        local_table(spec, {})
     from flows.errors import FlowDataError
 
     with pytest.raises(FlowDataError, match="file not found"):
-        local_table({"dataset": "unsw-nb15"}, {"data-path": str(tmp_path / "missing.csv")})
+        local_table(spec, {"data-path": str(tmp_path / "missing.csv")})
 
 
 def test_smote_runs_on_the_clients_own_fit_rows_only(data_dir):
@@ -222,13 +239,13 @@ def test_smote_runs_on_the_clients_own_fit_rows_only(data_dir):
     from fl_client.matrices import client_matrices
     from flows.pipeline import FeaturePipeline, PipelineConfig
 
-    run_config = {"data-dir": str(data_dir), "subsample": 3000, "seed": 0, "partition.scheme": "dirichlet",
-                  "partition.alpha": 0.3, "val-fraction": 0.1}  # fmt: skip
+    spec = spec_of(data_dir, simulation={"subsample": 3000, "val_fraction": 0.1}, partition={"alpha": 0.3})
     node_config = {"partition-id": 1, "num-partitions": 3}
-    _, table = local_table(run_config, node_config)
+    _, table = local_table(spec, node_config)
     state_json = FeaturePipeline(PipelineConfig()).fit(table).state_.to_json()
-    plain = client_matrices({**run_config, "smote": False}, node_config, state_json)
-    balanced = client_matrices({**run_config, "smote": True}, node_config, state_json)
+    plain = client_matrices(spec, node_config, state_json)
+    balanced = client_matrices(spec_of(data_dir, simulation={"subsample": 3000, "val_fraction": 0.1, "smote": True},
+                                       partition={"alpha": 0.3}), node_config, state_json)  # fmt: skip
     counts = np.bincount(plain.y_fit, minlength=2)
     assert plain.n_synthetic == 0 and counts.min() < counts.max()  # this partition is imbalanced
     assert balanced.n_synthetic == counts.max() - counts.min()
@@ -245,16 +262,16 @@ def test_a_malicious_clients_data_attack_poisons_its_fit_rows_only(data_dir):
     from fl_client.matrices import client_matrices
     from flows.pipeline import FeaturePipeline, PipelineConfig
 
-    run_config = {"data-dir": str(data_dir), "subsample": 3000, "seed": 0, "partition.scheme": "iid"}
+    spec = spec_of(data_dir, simulation={"subsample": 3000}, partition={"scheme": "iid"})
     node_config = {"partition-id": 0, "num-partitions": 3}
-    _, table = local_table(run_config, node_config)
+    _, table = local_table(spec, node_config)
     state_json = FeaturePipeline(PipelineConfig()).fit(table).state_.to_json()
-    clean = client_matrices(run_config, node_config, state_json)
-    flipped = client_matrices(run_config, node_config, state_json, AttackConfig("label_flip", 0.3))
+    clean = client_matrices(spec, node_config, state_json)
+    flipped = client_matrices(spec, node_config, state_json, AttackConfig("label_flip", 0.3))
     assert clean.y_fit.sum() > 0 and flipped.y_fit.sum() == 0
     np.testing.assert_array_equal(clean.X_fit, flipped.X_fit)
     np.testing.assert_array_equal(clean.y_val, flipped.y_val)  # validation rows untouched
-    poisoned = client_matrices(run_config, node_config, state_json,
+    poisoned = client_matrices(spec, node_config, state_json,
                                AttackConfig("backdoor", 0.3, params={"poison_fraction": 0.5}))  # fmt: skip
     n_copies = int(round(0.5 * clean.y_fit.sum()))
     assert len(poisoned.X_fit) == len(clean.X_fit) + n_copies and poisoned.n_real == clean.n_real

@@ -89,7 +89,7 @@ def test_every_configured_strategy_builds_and_aggregates():
     from hydra import compose, initialize_config_dir
 
     from simulation.config import CONF_DIR
-    from simulation.federated import strategy_params
+    from simulation.config import specs
 
     names = sorted(p.stem for p in __import__("pathlib").Path(CONF_DIR, "strategy").glob("*.yaml"))
     assert set(names) == set(ALL_NAMES)
@@ -100,7 +100,7 @@ def test_every_configured_strategy_builds_and_aggregates():
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose("federated", overrides=[f"strategy={name}"])
         assert cfg.strategy.name == name
-        strategy = build_strategy(name, strategy_params(cfg), n_nodes=n,
+        strategy = build_strategy(name, dict(specs(cfg)[0].strategy.params), n_nodes=n,
                                   node_ranks={node: i for i, node in enumerate(node_ids)},
                                   server_update_fn=lambda g, n: {k: v + 0.01 for k, v in g.items()})  # fmt: skip
         sent = strategy.configure_train(1, _arrays(np.zeros(50, np.float32)), ConfigRecord(), FakeGrid(node_ids))
@@ -184,12 +184,12 @@ def test_the_screening_conf_holds_the_screening_defaults():
     from hydra import compose, initialize_config_dir
 
     from simulation.config import CONF_DIR
-    from simulation.federated import strategy_params
+    from simulation.config import specs
     from strategies.registry import split_screening_params
     from strategies.screening import ScreeningConfig
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("federated", overrides=["strategy=screening"])
-    _, _, config = split_screening_params(strategy_params(cfg))
+    _, _, config = split_screening_params(dict(specs(cfg)[0].strategy.params))
     assert config == ScreeningConfig()
     assert config.max_weight_ratio == 6.0

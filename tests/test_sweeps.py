@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from simulation.__main__ import finished
 from simulation.config import CONF_DIR
 from simulation.config_resolvers import cell_name, malicious_count
-from simulation.federated import strategy_params
+from simulation.config import specs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,9 +24,9 @@ def test_robust_aggregators_take_f_from_the_assumed_malicious_share():
                                                "strategy.assumed_malicious=0.3"])  # fmt: skip
         trimmed = compose("federated", overrides=["strategy=fedtrimmedavg"])
         screening = compose("federated", overrides=["strategy.assumed_malicious=0.25"])
-    assert strategy_params(krum) == {"num_malicious_nodes": 6}
-    assert strategy_params(trimmed) == {"beta": 0.2}
-    assert strategy_params(screening)["assumed_malicious"] == 0.25
+    assert specs(krum)[0].strategy.params == {"num_malicious_nodes": 6}
+    assert specs(trimmed)[0].strategy.params == {"beta": 0.2}
+    assert specs(screening)[0].strategy.params["assumed_malicious"] == 0.25
     assert malicious_count(10, 0.2) == 2 and malicious_count(20, 0.3) == 6
 
 
@@ -56,19 +56,20 @@ def test_a_sweep_records_failed_jobs_skips_finished_ones_and_exits_1(tmp_path, d
                           env={**os.environ, "BOTDEFENDER_DATA_DIR": str(data_dir)})  # fmt: skip
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"done already, skipped: {done_job}" in done.stdout
-    for alpha in ("0", "-1"):  # both bad jobs ran (the first did not stop the sweep) and say why
+    for alpha in ("0.0", "-1.0"):  # both bad jobs ran (the first did not stop the sweep) and say why; the schema
+        # types alpha as a float, so the folder names say 0.0
         assert "alpha" in (tmp_path / f"alpha_{alpha}" / "error.txt").read_text()
         assert not (tmp_path / f"alpha_{alpha}" / "flwr-home").exists()
     assert "2 job(s) failed" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_every_attack_file_composes_into_a_valid_attack_config():
-    from simulation.federated import attack_config
+    from fl_client.attacks.config import AttackConfig
 
     names = sorted(p.stem for p in (Path(CONF_DIR) / "attack").glob("*.yaml"))
     assert "absent" in names and "sign_flip" in names
     for name in names:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose("federated", overrides=[f"attack={name}"])
-        attack = attack_config(cfg)
+        attack = AttackConfig.of(specs(cfg)[0].attack)
         assert attack.name == name and attack.start_round == 1, name

@@ -127,9 +127,9 @@ def test_fedprox_sends_mu_and_the_client_term_pulls_towards_the_global_model():
     """FedProx's proximal term: with a large mu the local model stays closer to the broadcast weights."""
     import torch
 
-    from fl_client.training import train_local
-    from models.cnn_lstm import CNNLSTM
+    from models.registry import get_family
 
+    family = get_family("cnn_lstm")
     strategy = build_strategy("fedprox", {"proximal_mu": 0.5}, n_nodes=2)
     grid = FakeGrid([11, 22])
     messages = list(strategy.configure_train(1, _arrays(np.zeros(1, np.float32)), ConfigRecord(), grid))
@@ -141,9 +141,9 @@ def test_fedprox_sends_mu_and_the_client_term_pulls_towards_the_global_model():
     drift = {}
     for mu in (0.0, 5.0):
         torch.manual_seed(0)
-        model = CNNLSTM(n_features=12)
+        model = family.build(12, {})
         start = [p.detach().clone() for p in model.parameters()]
-        train_local(model, X, y, epochs=3, batch_size=32, lr=0.01, seed=0, proximal_mu=mu)
+        family.train_local(model, X, y, epochs=3, batch_size=32, lr=0.01, seed=0, proximal_mu=mu)
         drift[mu] = float(sum(((p.detach() - s) ** 2).sum() for p, s in zip(model.parameters(), start)))
     assert drift[5.0] < 0.5 * drift[0.0], drift
 
@@ -162,7 +162,7 @@ def test_screening_params_are_checked_like_any_strategy():
 
 
 def test_fltrust_asks_the_server_for_as_many_local_steps_as_a_median_client_takes():
-    from fl_server.app import root_passes
+    from fl_server.root_update import root_passes
 
     seen = []
     node_ids = _node_ids(5, 1)

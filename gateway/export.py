@@ -223,14 +223,14 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, options: Exp
 def run_data_settings(checkpoint: str | Path):
     """The data settings of the checkpoint's run (its ``metrics.json``), on this machine's data folder if the run
     was elsewhere."""
+    from conf.schema import data_settings, from_run_config
     from flows.loader import resolve_data_dir
-    from flows.run_split import DataSettings
 
     metrics_path = Path(checkpoint).parent / "metrics.json"
     if not metrics_path.is_file():
         raise ExportError(f"no {metrics_path} to find the run's data: pass --calibration FILE")
-    settings = DataSettings.from_run_config(json.loads(metrics_path.read_text())["run_config"])
-    if not Path(settings.data_dir).is_dir():
+    settings = data_settings(from_run_config(json.loads(metrics_path.read_text())["run_config"]))
+    if not settings.data_dir or not Path(settings.data_dir).is_dir():
         settings = dataclasses.replace(settings, data_dir=str(resolve_data_dir(None)))
     return settings
 

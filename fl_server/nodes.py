@@ -8,7 +8,7 @@ import time
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fl_server.statistics import fit_pipeline_state, node_rank
+from fl_server.statistics import fit_pipeline_state, node_rank, node_ranks
 from flows.pipeline import PipelineSettings
 from flows.pipeline_state import PipelineState
 
@@ -38,8 +38,8 @@ def query_pipeline_state(grid: Grid, nodes: list[int], settings: PipelineSetting
                          timeout: float) -> tuple[PipelineState, dict[int, int]]:  # fmt: skip
     """Ask every node for its feature statistics; fit the pipeline state from their merge.
 
-    Also returns node id -> partition id for the nodes that have one (simulation), which ranks nodes for
-    seeded sampling and ordered aggregation."""
+    Also returns node id -> partition id in simulation, which ranks nodes for seeded sampling and ordered
+    aggregation (empty in a deployment)."""
     messages = [
         Message(content=RecordDict({"config": ConfigRecord({"log-transform": settings.log_transform})}),
                 dst_node_id=node, message_type=MessageType.QUERY)  # fmt: skip
@@ -52,5 +52,8 @@ def query_pipeline_state(grid: Grid, nodes: list[int], settings: PipelineSetting
     state = fit_pipeline_state((r.content for r in replies), settings, source="federated")
     log.info("pipeline fitted from %d clients' statistics: %d records, %d model inputs", len(replies),
              state.info["fitted_on_records"], state.n_outputs)  # fmt: skip
-    ranks = {int(r.metadata.src_node_id): node_rank(r.content) for r in replies}
-    return state, {node: rank for node, rank in ranks.items() if rank is not None}
+    contents = {int(r.metadata.src_node_id): r.content for r in replies}
+    # Simulation is recognised by the runtime's complete set of partition ids (every node reports one); a real
+    # gateway reports none, so one node's claim among gateways is never trusted.
+    simulation = all(node_rank(content) is not None for content in contents.values())
+    return state, node_ranks(contents, simulation=simulation, num_partitions=len(nodes))

@@ -12,6 +12,7 @@ import json
 import sys
 
 from gateway.bundle import COMPRESSIONS, compression_of
+from gateway.sources import FORMATS
 
 
 def _size(entry: dict) -> str:
@@ -64,7 +65,29 @@ def _serve(args: argparse.Namespace) -> int:
         if out is not None:
             out.close()
     print("summary: " + json.dumps(report), file=sys.stderr)
+    for line in summary_lines(report):
+        print(line, file=sys.stderr)
     return 0
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The serve summary in words: flow precision/recall against the source's labels and the host verdicts."""
+    lines = []
+    scored = report["labelled"]
+    if scored:
+        def pct(value):
+            return "n/a" if value is None else f"{100 * value:.2f}%"
+
+        lines.append(f"flows against the source's labels: precision {pct(scored['precision'])}, recall "
+                     f"{pct(scored['recall'])} on {scored['flows']} labelled flows (tp {scored['tp']}, fp "
+                     f"{scored['fp']}, fn {scored['fn']}, tn {scored['tn']}); {report['unlabelled']} flows without a "
+                     "label (Background) not counted")  # fmt: skip
+    hosts = report["hosts"]
+    isolated = sorted(set(hosts["isolated"]))
+    released = sorted(set(hosts["released"]))
+    lines.append(f"hosts isolated: {len(isolated)} ({', '.join(isolated) or 'none'}); released: {len(released)} "
+                 f"({', '.join(released) or 'none'})")  # fmt: skip
+    return lines
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -101,8 +124,9 @@ def parser() -> argparse.ArgumentParser:
     export.set_defaults(run=_export)
     run = commands.add_parser("serve", help="flow records -> verdicts (numpy + LiteRT only)")
     run.add_argument("--bundle", required=True)
-    run.add_argument("--source", required=True, help="UNSW-NB15 CSV (partitioned or raw) or Zeek conn.log")
-    run.add_argument("--format", default="auto", choices=["auto", "unsw", "unsw_raw", "zeek"])
+    run.add_argument("--source", required=True,
+                     help="UNSW-NB15 CSV (partitioned or raw) or Zeek conn log (tab-separated or CSV export)")
+    run.add_argument("--format", default="auto", choices=FORMATS)
     run.add_argument("--follow", action="store_true", help="keep reading a growing file, like tail -f")
     run.add_argument("--idle-exit", type=float, default=0.0, help="following: stop after this many idle seconds")
     run.add_argument("--batch", type=int, default=256)

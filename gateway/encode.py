@@ -1,9 +1,10 @@
 """Records -> the model's input rows with the bundle's pipeline (numpy only).
 
-Numeric cells are parsed here: blank UNSW cells that the raw files leave empty and Zeek's ``-`` (no payload seen)
-read as 0, as the training readers do. A cell that is not a number makes its record malformed (counted, dropped);
-NaN and inf follow the pipeline's policy: ``impute`` keeps the record (the pipeline imputes), ``error`` drops it
-as malformed. Unknown categories go to the pipeline's unknown bucket.
+A batch of records is normalised by its source's layout (:mod:`flows.normalise`, the code the training readers
+run), so the pipeline sees exactly the values training saw. A feature cell the pipeline reads that is not a
+number makes its record malformed (counted, dropped); NaN and inf follow the pipeline's policy: ``impute`` keeps
+the record (the pipeline imputes), ``error`` drops it as malformed. Unknown categories go to the pipeline's unknown
+bucket. Labels and addresses are metadata: a bad one never drops a record.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from flows.normalise import NON_NUMERIC, UNLABELLED
 from flows.pipeline_state import PipelineState
-from flows.schema import IOT23_UNSET_AS_ZERO, UNSW_BLANK_AS_ZERO
 from gateway.sources import Record
-
-UNSET_AS_ZERO = {*UNSW_BLANK_AS_ZERO, *IOT23_UNSET_AS_ZERO}
 
 
 class SchemaMismatchError(ValueError):
@@ -35,37 +35,68 @@ def check_columns(pipeline: PipelineState, columns: Sequence[str], source: str) 
         )  # fmt: skip
 
 
-def parse_number(text: str, column: str) -> float:
-    """float of a cell; blank/``-`` is 0 for the columns where the sources mean 'none'; ValueError otherwise."""
-    text = text.strip()
-    if text in ("", "-") and column in UNSET_AS_ZERO:
-        return 0.0
-    return float(text)
+@dataclass
+class Encoded:
+    """Encoded rows (float32) and the records they come from, with their labels (int8; -1 unlabelled)."""
+
+    rows: np.ndarray
+    records: list[Record]
+    labels: np.ndarray
+
+
+def _runs(records: Sequence[Record]) -> list[list[Record]]:
+    """Consecutive records of the same layout (a followed Zeek log may announce new fields)."""
+    runs: list[list[Record]] = []
+    for record in records:
+        if runs and runs[-1][0].layout is record.layout:
+            runs[-1].append(record)
+        else:
+            runs.append([record])
+    return runs
+
+
+def _encode_run(records: list[Record], pipeline: PipelineState, malformed: Counter) -> Encoded:
+    layout = records[0].layout
+    check_columns(pipeline, layout.features, f"a {layout.fmt} source")
+    batch = layout.normalise_rows([r.fields for r in records])
+    numeric = pipeline.kept_numeric
+    non_numeric = batch.bad_rows([NON_NUMERIC], numeric)
+    finite = np.ones(batch.n, dtype=bool)
+    for column in numeric:
+        finite &= np.isfinite(batch.numeric[column])
+    non_finite = ~finite & ~non_numeric
+    if pipeline.nonfinite == "impute":
+        non_finite[:] = False
+    for reason, rows in (("non_numeric", non_numeric), ("non_finite", non_finite)):
+        if rows.any():
+            malformed[reason] += int(rows.sum())
+    keep = ~(non_numeric | non_finite)
+    kept = batch.take(keep)
+    records = [r for r, k in zip(records, keep) if k]
+    labels = kept.label if kept.label is not None else np.full(kept.n, UNLABELLED, np.int8)
+    for i, record in enumerate(records):
+        if kept.src_ip is not None:
+            record.src, record.dst = str(kept.src_ip[i]), str(kept.dst_ip[i])
+            moment = float(kept.start_time[i])
+            record.time = moment if math.isfinite(moment) else None
+        record.label = int(labels[i])
+    if not records:
+        return Encoded(np.zeros((0, pipeline.n_outputs), np.float32), [], labels)
+    columns: dict[str, object] = {c: kept.numeric[c] for c in numeric}
+    columns.update({c: kept.categorical[c] for c in pipeline.kept_categorical})
+    return Encoded(pipeline.transform(columns), records, labels)
+
+
+def encode_batch(records: Sequence[Record], pipeline: PipelineState, malformed: Counter) -> Encoded:
+    """Normalise and encode ``records``; malformed ones are counted in ``malformed`` and dropped."""
+    parts = [_encode_run(run, pipeline, malformed) for run in _runs(records)]
+    if not parts:
+        return Encoded(np.zeros((0, pipeline.n_outputs), np.float32), [], np.zeros(0, np.int8))
+    return Encoded(np.vstack([p.rows for p in parts]), [r for p in parts for r in p.records],
+                   np.concatenate([p.labels for p in parts]))  # fmt: skip
 
 
 def encode(records: Sequence[Record], pipeline: PipelineState, malformed: Counter) -> tuple[np.ndarray, list[Record]]:
     """(encoded rows float32 (n, n_features), the records they come from); bad records are counted and dropped."""
-    numeric = pipeline.kept_numeric
-    impute = pipeline.nonfinite == "impute"
-    kept: list[Record] = []
-    rows: list[list[float]] = []
-    for record in records:
-        try:
-            values = [parse_number(record.values[c], c) for c in numeric]
-        except ValueError:
-            malformed["non_numeric"] += 1
-            continue
-        if not impute and not all(map(math.isfinite, values)):
-            malformed["non_finite"] += 1
-            continue
-        rows.append(values)
-        kept.append(record)
-    columns: dict[str, object] = {}
-    matrix = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(numeric))
-    for j, column in enumerate(numeric):
-        columns[column] = matrix[:, j]
-    for column in pipeline.kept_categorical:
-        columns[column] = [r.values[column] for r in kept]
-    if not kept:
-        return np.zeros((0, pipeline.n_outputs), np.float32), kept
-    return pipeline.transform(columns), kept
+    encoded = encode_batch(records, pipeline, malformed)
+    return encoded.rows, encoded.records

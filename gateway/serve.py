@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from gateway.bundle import Bundle
-from gateway.encode import check_columns, encode
+from gateway.encode import check_columns, encode_batch
 from gateway.engine import VerdictModel
 from gateway.hosts import HostPolicy, HostTracker, HostVerdict
 from gateway.sources import FlowSource, Record
@@ -73,18 +73,45 @@ def make_sink(spec: str) -> HostSink:
 
 @dataclass
 class ServeReport:
+    """Counts of one run; ``confusion`` compares flow verdicts with the source's labels where it has them
+    (keys tp, fp, fn, tn; records without a verdict, such as Background, are counted under ``unlabelled``)."""
+
     records: int = 0
     scored: int = 0
     malicious: int = 0
     malformed: Counter = field(default_factory=Counter)
     host_verdicts: Counter = field(default_factory=Counter)
+    confusion: Counter = field(default_factory=Counter)
+    unlabelled: int = 0
+    isolated: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    def labelled(self) -> dict | None:
+        """Per-flow precision and recall against the source's labels (None when no scored flow had one)."""
+        c = self.confusion
+        n = c["tp"] + c["fp"] + c["fn"] + c["tn"]
+        if not n:
+            return None
+        precision = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else None
+        recall = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else None
+        return {"flows": n, "precision": None if precision is None else round(precision, 5),
+                "recall": None if recall is None else round(recall, 5),
+                **{k: c[k] for k in ("tp", "fp", "fn", "tn")}}  # fmt: skip
 
     def as_dict(self, lines: int) -> dict:
         return {"lines": lines, "records": self.records, "scored": self.scored, "malicious": self.malicious,
                 "malformed": dict(self.malformed), "host_verdicts": dict(self.host_verdicts),
+                "labelled": self.labelled(), "unlabelled": self.unlabelled,
+                "hosts": {"isolated": self.isolated, "released": self.released},
                 "seconds": round(self.seconds, 3),
                 "flows_per_second": round(self.scored / self.seconds, 1) if self.seconds else None}  # fmt: skip
+
+    def count_verdict(self, malicious: bool, label: int | None) -> None:
+        if label is None or label < 0:
+            self.unlabelled += 1
+        else:
+            self.confusion[("t" if malicious == bool(label) else "f") + ("p" if malicious else "n")] += 1
 
 
 class VerdictService:
@@ -97,10 +124,11 @@ class VerdictService:
         self.report = ServeReport()
 
     def process(self, records: list[Record]) -> None:
-        rows, kept = encode(records, self.bundle.pipeline, self.report.malformed)
+        encoded = encode_batch(records, self.bundle.pipeline, self.report.malformed)
+        kept = encoded.records
         if not kept:
             return
-        scores = self.model.probabilities(rows)
+        scores = self.model.probabilities(encoded.rows)
         now = time.time()
         version = self.bundle.model_version
         lines = []
@@ -109,11 +137,14 @@ class VerdictService:
             moment = record.time if record.time is not None else now
             lines.append(json.dumps({"time": moment, "src": record.src, "dst": record.dst, "line": record.line,
                                      "score": round(float(score), 5), "verdict": "attack" if malicious else "benign",
-                                     "model_version": version}))  # fmt: skip
+                                     "label": record.label if (record.label or 0) >= 0 else None, "model_version": version}))  # fmt: skip
             self.report.malicious += int(malicious)
+            self.report.count_verdict(malicious, record.label)
             if record.src is not None:
                 for verdict in self.hosts.observe(record.src, moment, malicious):
                     self.report.host_verdicts[verdict.action] += 1
+                    hosts = self.report.isolated if verdict.action == "isolate" else self.report.released
+                    hosts.append(verdict.host)
                     if self.sink is not None:
                         self.sink.emit(verdict)
         self.out.write("\n".join(lines) + "\n")
@@ -127,7 +158,7 @@ class VerdictService:
         for record in source:
             if record is not None:
                 if not checked:
-                    check_columns(self.bundle.pipeline, list(record.values), f"source {source.path} ({source.fmt})")
+                    check_columns(self.bundle.pipeline, record.layout.features, f"source {source.path} ({source.fmt})")
                     checked = True
                 pending.append(record)
                 self.report.records += 1

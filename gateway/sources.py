@@ -1,9 +1,11 @@
-"""Flow records from a file, line by line, for the gateway (standard library only): UNSW-NB15 CSVs (partitioned,
-with a header, or raw, 49 columns with IPs) and Zeek conn.log files (IoT-23), optionally following a growing file
-like ``tail -f``.
+"""Flow records from a file, line by line, for the gateway (standard library and numpy only): UNSW-NB15 CSVs
+(partitioned, with a header, or raw, 49 columns with IPs) and Zeek conn logs (tab-separated with ``#`` headers,
+or the CSV export with a header row), optionally following a growing file like ``tail -f``.
 
-A line that cannot be a record (wrong field count, undecodable text) is counted under a reason and skipped, never
-fatal. Values stay strings here; :mod:`gateway.encode` turns them into numbers for the pipeline.
+Lines are split into cells with the source's :class:`flows.normalise.Layout`, the same one the training readers
+use; :mod:`gateway.encode` normalises a batch of records with it. A line that cannot be a record (wrong field
+count, undecodable text, a record before a Zeek ``#fields`` header) is counted under a reason and skipped, never
+fatal.
 """
 
 from __future__ import annotations
@@ -14,17 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flows.schema import (
-    DST_IP,
-    IOT23_META,
-    SRC_IP,
-    START_TIME,
-    UNSW_RAW_PUBLISHED_NAMES,
-    header_columns,
-    unsw_canonical_name,
-)
+from flows.normalise import FORMATS as LAYOUT_FORMATS
+from flows.normalise import Layout, UnswRaw, ZeekLog, detect_format, header_layout
 
-FORMATS = ("auto", "unsw", "unsw_raw", "zeek")
+FORMATS = ("auto", *LAYOUT_FORMATS)
 
 
 class SourceError(ValueError):
@@ -33,13 +28,21 @@ class SourceError(ValueError):
 
 @dataclass
 class Record:
-    """One flow: its raw values by column name, the file line, and the endpoints when the source has them."""
+    """One flow: its cells (split with ``layout``) and file line; the endpoints, time and label are filled in by
+    :func:`gateway.encode.encode_batch` from the normalised batch (None where the source has none)."""
 
-    values: dict[str, str]
+    fields: list[str]
     line: int
+    layout: Layout
     src: str | None = None
     dst: str | None = None
     time: float | None = None
+    label: int | None = None
+
+    @property
+    def values(self) -> dict[str, str]:
+        """The raw cells by column name."""
+        return dict(zip(self.layout.columns, self.fields))
 
 
 @dataclass
@@ -50,15 +53,6 @@ class SourceStats:
 
     def as_dict(self) -> dict:
         return {"lines": self.lines, "records": self.records, "malformed": dict(self.malformed)}
-
-
-def detect_format(first_line: str) -> str:
-    """``zeek`` for a Zeek header, ``unsw`` for a CSV header naming proto/service/state, else ``unsw_raw``."""
-    if first_line.startswith("#"):
-        return "zeek"
-    if {"proto", "service", "state"} <= set(header_columns(first_line)):
-        return "unsw"
-    return "unsw_raw"
 
 
 class FlowSource:
@@ -76,7 +70,8 @@ class FlowSource:
         self.idle_exit = idle_exit  # following: stop after this many seconds without new lines (0: never)
         self.poll = poll
         self.stats = SourceStats()
-        self.columns: list[str] = []
+        self.layout: Layout | None = None
+        self._zeek_markers = {"unset_field": "-", "empty_field": "(empty)"}
 
     def lines(self) -> Iterator[tuple[int, str | None]]:
         """(line number, text) of every complete line; following, waits for more at the end of the file and
@@ -108,69 +103,46 @@ class FlowSource:
 
     def __iter__(self) -> Iterator[Record | None]:
         """Records in file order; ``None`` while a followed file has nothing new."""
-        parse = None
         for number, line in self.lines():
             if line is None:
                 yield None
                 continue
-            if parse is None:
-                fmt = detect_format(line) if self.fmt == "auto" else self.fmt
-                self.fmt = fmt
-                parse = {"unsw": self._unsw, "unsw_raw": self._unsw_raw, "zeek": self._zeek}[fmt]
-                if fmt == "unsw_raw":
-                    self.columns = [unsw_canonical_name(n) for n in UNSW_RAW_PUBLISHED_NAMES]
-                elif fmt == "unsw":
-                    self.columns = header_columns(line)
-                    continue
+            if self.fmt == "auto":
+                self.fmt = detect_format(line)
+            if self.layout is None and self.fmt in ("unsw", "zeek_csv"):
+                self.layout = header_layout(self.fmt, line)
+                continue
+            if self.layout is None and self.fmt == "unsw_raw":
+                self.layout = UnswRaw()
+            if self.fmt == "zeek" and line.startswith("#"):
+                self._zeek_header(line)
+                continue
             if not line.strip():
                 continue
-            record = parse(number, line)
+            record = self._record(number, line)
             if record is not None:
                 self.stats.lines += 1
                 self.stats.records += 1
                 yield record
 
+    def _zeek_header(self, line: str) -> None:
+        key, _, value = line[1:].partition("\t")
+        if key in self._zeek_markers:
+            self._zeek_markers[key] = value.strip()
+        elif key == "fields":
+            self.layout = ZeekLog.from_fields_line(line, self._zeek_markers["unset_field"],
+                                                   self._zeek_markers["empty_field"])  # fmt: skip
+
+    def _record(self, number: int, line: str) -> Record | None:
+        if self.layout is None:
+            self._malformed("no_fields_header")
+            return None
+        fields = self.layout.split(line)
+        if len(fields) != self.layout.n_fields:
+            self._malformed("wrong_field_count")
+            return None
+        return Record(fields, number, self.layout)
+
     def _malformed(self, reason: str) -> None:
         self.stats.lines += 1
         self.stats.malformed[reason] += 1
-
-    def _split(self, number: int, fields: list[str]) -> dict[str, str] | None:
-        if len(fields) != len(self.columns):
-            self._malformed("wrong_field_count")
-            return None
-        return dict(zip(self.columns, (f.strip() for f in fields)))
-
-    def _unsw(self, number: int, line: str) -> Record | None:
-        values = self._split(number, line.split(","))
-        return None if values is None else Record(values=values, line=number)
-
-    def _unsw_raw(self, number: int, line: str) -> Record | None:
-        values = self._split(number, line.split(","))
-        if values is None:
-            return None
-        return Record(values=values, line=number, src=values.get(SRC_IP), dst=values.get(DST_IP),
-                      time=_float_or_none(values.get(START_TIME)))  # fmt: skip
-
-    def _zeek(self, number: int, line: str) -> Record | None:
-        if line.startswith("#"):
-            if line.startswith("#fields"):
-                self.columns = [IOT23_META.get(name, name) for name in line.split()[1:]]
-            return None
-        if not self.columns:
-            self._malformed("no_fields_header")
-            return None
-        fields = line.split("\t")
-        if len(fields) != len(self.columns):
-            fields = line.split()  # IoT-23's labelled files separate the last columns with spaces
-        values = self._split(number, fields)
-        if values is None:
-            return None
-        return Record(values=values, line=number, src=values.get(SRC_IP), dst=values.get(DST_IP),
-                      time=_float_or_none(values.get(START_TIME)))  # fmt: skip
-
-
-def _float_or_none(text: str | None) -> float | None:
-    try:
-        return float(text) if text not in (None, "", "-") else None
-    except ValueError:
-        return None

@@ -290,7 +290,7 @@ def test_unknown_categories_use_the_unknown_bucket(bundle_dir, data_dir):
 
     bundle = load_bundle(bundle_dir)
     record = next(iter(FlowSource(data_dir / "unsw-nb15" / "raw" / RAW_FILE)))
-    record.values["proto"] = "no-such-proto"
+    record.fields[record.layout.columns.index("proto")] = "no-such-proto"
     rows, kept = encode([record], bundle.pipeline, Counter())
     names = bundle.pipeline.output_names
     assert rows[0, names.index("proto=<unknown>")] == 1.0 and len(kept) == 1

@@ -6,8 +6,9 @@
 For each sparsity it exports a bundle (int8 dynamic-range by default), then on the run's own held-out split (the
 rows the server evaluated on, re-derived from the run's settings; never seen in training):
 
-* F1 and accuracy of the PyTorch model (after pruning), the fp32 .tflite and the int8 .tflite, and the share of
-  flows on which each .tflite gives the PyTorch verdict;
+* F1 and accuracy of the PyTorch model (after pruning, on ``pipeline.transform`` of the split), and of the fp32
+  and int8 .tflite as served by ``python -m gateway serve`` (a subprocess on a CSV of the held-out records, its
+  JSON-lines flow verdicts parsed), with the share of flows on which each gives the PyTorch verdict;
 * the sizes of the fp32 and int8 halves of the bundle: the stored files (xz-compressed by default), the .tflite
   flatbuffers inside, and their constant tensors alone;
 * one thread, in a separate process that imports only what the gateway imports (no torch): the default (int8)
@@ -53,10 +54,33 @@ def held_out(checkpoint: Path):
     return pipeline.transform(test.frame), test.frame["label"].to_numpy().astype(int), test
 
 
-def quality(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+def write_held_out(test, path: Path) -> Path:
+    """The held-out records as a partitioned UNSW-NB15 CSV (header row; floats written exactly), for the gateway."""
+    from flows.readers.unsw_partitioned import COLUMNS
+
+    if test.source != "unsw-nb15":
+        raise SystemExit(f"error: the edge benchmark serves partitioned UNSW-NB15 runs; this run used {test.source}")
+    frame = test.frame.copy()
+    frame.insert(0, "id", np.arange(1, len(frame) + 1))
+    frame[COLUMNS].to_csv(path, index=False)
+    return path
+
+
+def served(bundle_dir: Path, source: Path, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, attack verdicts, labels) of every flow, from ``python -m gateway serve`` on ``source``."""
+    done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--bundle", str(bundle_dir), "--source",
+                           str(source), "--variant", variant, "--host-sink", ""], cwd=REPO, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    flows = [json.loads(line) for line in done.stdout.splitlines()]
+    return (np.array([f["score"] for f in flows]), np.array([f["verdict"] == "attack" for f in flows]),
+            np.array([f["label"] for f in flows]))  # fmt: skip
+
+
+def quality(probabilities: np.ndarray, labels: np.ndarray, threshold: float, predicted: np.ndarray | None = None
+            ) -> dict:  # fmt: skip
     from sklearn.metrics import accuracy_score, f1_score
 
-    predicted = (probabilities >= threshold).astype(int)
+    predicted = (probabilities >= threshold).astype(int) if predicted is None else predicted.astype(int)
     return {"f1": float(f1_score(labels, predicted)), "accuracy": float(accuracy_score(labels, predicted))}
 
 
@@ -151,11 +175,11 @@ def gateway_env_size() -> dict:
             "has_torch": any(p.lower() == "torch" for p in packages)}  # fmt: skip
 
 
-def bench_sparsity(checkpoint: Path, sparsity: float, rows, labels, test_csv: Path, repeats: int) -> dict:
+def bench_sparsity(checkpoint: Path, sparsity: float, rows, labels, test_csv: Path, repeats: int,
+                   held_out_csv: Path) -> dict:  # fmt: skip
     import torch
 
     from gateway.bundle import load_bundle
-    from gateway.engine import VerdictModel
     from gateway.export import ExportOptions, export_bundle, load_checkpoint, prune_model
 
     bundle_dir = RESULTS / f"bundle_sparsity_{sparsity:g}"
@@ -168,11 +192,13 @@ def bench_sparsity(checkpoint: Path, sparsity: float, rows, labels, test_csv: Pa
     threshold = bundle.threshold
     result = {"sparsity": manifest["pruning"]["achieved_sparsity"], "model_version": bundle.model_version,
               "pytorch": quality(reference, labels, threshold)}  # fmt: skip
-    for variant in ("fp32", "int8"):
-        probabilities = VerdictModel(bundle, variant).probabilities(rows)
-        result[variant] = {**quality(probabilities, labels, threshold),
-                           "agreement": float(np.mean((probabilities >= threshold) == (reference >= threshold))),
-                           "max_abs_diff": float(np.abs(probabilities - reference).max())}  # fmt: skip
+    for variant in ("fp32", "int8"):  # through `python -m gateway serve` on the held-out records, as a gateway
+        scores, attack, served_labels = served(bundle_dir, held_out_csv, variant)
+        if len(scores) != len(labels) or not np.array_equal(served_labels, labels):
+            raise RuntimeError(f"gateway serve scored {len(scores)} of the {len(labels)} held-out records")
+        result[variant] = {**quality(scores, labels, threshold, attack),
+                           "agreement": float(np.mean(attack == (reference >= threshold))),
+                           "max_abs_diff": float(np.abs(scores - reference).max())}  # fmt: skip
     result["sizes"] = sizes(bundle)
     result["speed"] = speed_in_gateway_process(bundle_dir, rows, test_csv, repeats)
     return result
@@ -267,13 +293,16 @@ def main() -> None:
     from flows.loader import resolve_data_dir
 
     test_csv = args.test_csv or resolve_data_dir(None) / "unsw-nb15" / "UNSW_NB15_testing-set.csv"
-    rows, labels, _ = held_out(args.checkpoint)
+    rows, labels, test = held_out(args.checkpoint)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.TemporaryDirectory(prefix="bdedge")
+    held_out_csv = write_held_out(test, Path(scratch.name) / "held_out.csv")
     results = {"checkpoint": f"{args.checkpoint.parent.name}/{args.checkpoint.name}", "n_test": int(len(rows)),
                "repeats": args.repeats, "runs": []}  # fmt: skip
     for sparsity in args.sparsity:
         log.info("sparsity %.2f", sparsity)
-        results["runs"].append(bench_sparsity(args.checkpoint, sparsity, rows, labels, test_csv, args.repeats))
+        results["runs"].append(bench_sparsity(args.checkpoint, sparsity, rows, labels, test_csv, args.repeats,
+                                              held_out_csv))  # fmt: skip
     if not args.skip_env:
         log.info("fresh '.[gateway]' virtualenv")
         results["gateway_env"] = gateway_env_size()

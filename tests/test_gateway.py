@@ -369,3 +369,22 @@ def test_a_fresh_gateway_environment_serves_without_torch(bundle_dir, data_dir, 
     verdicts = [(v["src"], v["dst"], v["verdict"]) for v in map(json.loads, done.stdout.splitlines())]
     expected = [(v["src"], v["dst"], v["verdict"]) for v in map(json.loads, reference.stdout.splitlines())]
     assert len(verdicts) == 3000 and verdicts == expected
+
+
+def test_serve_summary_scores_flows_against_the_labels_and_names_the_hosts(bundle_dir, data_dir):
+    """benchmarks/raw_capture.py on the tests' bundle: its figures are those the gateway's summary printed."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from raw_capture import evaluate, report
+
+    result = evaluate(bundle_dir, data_dir / "unsw-nb15" / "raw" / RAW_FILE, data_dir)
+    everything = result["all"]
+    assert everything["flows"] == 3000 and everything["attacks"] == 98
+    assert 0 < result["in_partition_bound"] < 3000
+    assert result["not_in_partition"]["flows"] == 3000 - result["in_partition_bound"]
+    printed = next(line for line in result["gateway_summary"] if line.startswith("flows against the source's"))
+    assert f"precision {100 * everything['precision']:.2f}%, recall {100 * everything['recall']:.2f}%" in printed
+    assert "on 3000 labelled flows" in printed and "0 flows without a label" in printed
+    hosts = next(line for line in result["gateway_summary"] if line.startswith("hosts isolated"))
+    assert hosts.startswith(f"hosts isolated: {len(result['isolated'])} (")
+    assert set(result["isolated_attackers"]) | set(result["isolated_others"]) == set(result["isolated"])
+    assert "hosts isolated" in report(result)

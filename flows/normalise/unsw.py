@@ -13,7 +13,13 @@ least 75% (917 are one-packet flows, for which the formula gives 0 too). On the 
 UNSW-NB15_1.first20000.csv that match a partitioned record on every other feature, the derived rate equals the
 published one to 1e-3 in all 1,655. The other features have the same meaning and units in both formats (same
 values on those matches; ``sinpkt``/``sjit`` differ in about 1-2% of them, where the partition holds 60000.688 or
-0 for one-packet flows). Keeping ``rate`` (derived) against dropping it: see the README's data-layer section.
+0 for one-packet flows).
+
+Deriving ``rate`` against dropping it, measured centrally on the partition (random forest, 100 trees, seed 0,
+this pipeline; F1 on the stratified 80/20 split, and on the ``clean`` protocol's split without duplicates):
+published rate 97.90 / 95.09, derived rate 97.89 / 94.88, without rate 97.93 / 95.18. Both cost less than the
+split-to-split noise; deriving it here lets a model trained on the partitioned files as they are (the default
+run) serve raw records with no change to its features.
 """
 
 from __future__ import annotations

@@ -74,6 +74,7 @@ class BlockStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL" if self.path != ":memory:" else "PRAGMA journal_mode=MEMORY")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across a controller crash, one fsync less
         self._db.executescript(SCHEMA)
 
     def get(self, ip: str) -> Block | None:

@@ -3,7 +3,7 @@
 No client is trusted with what it reports. Each reply is
 
 1. decoded and checked on its own (:func:`check_statistics`): a record count ``n`` that is a whole number in
-   ``0..max_records``; finite sums; ``sumsq >= sum^2 / n`` (Cauchy-Schwarz, to a relative 1e-9) and, with the log
+   ``0..max_records``; finite sums; ``sumsq / n <= 1e200`` (so that merged sums stay finite); ``sumsq >= sum^2 / n`` (Cauchy-Schwarz, to a relative 1e-9) and, with the log
    transform, means and mean squares within what ``signed_log1p`` of a float64 can give (|x| <= 709.8);
    per categorical column, whole non-negative counts that sum to ``n``, at most ``max_categories`` distinct
    values of at most ``max_value_length`` characters;
@@ -46,6 +46,7 @@ from strategies.weights import cap_weights
 
 log = logging.getLogger("flwr.botdefender.server")
 LOG_BOUND = math.log1p(np.finfo(np.float64).max)  # the largest |signed_log1p(x)| of a finite float64: 709.78
+MAX_MEAN_SQUARE = 1e200  # a feature's mean square per record at most this: merged sums of up to 1e12 records stay finite
 
 
 class StatisticsError(ValueError):
@@ -175,8 +176,13 @@ def check_statistics(stats: dict, numeric: list[str], log_transform: bool,
         if np.any(sums != 0) or np.any(squares != 0):
             return "n = 0 records but non-zero sums"
     else:
-        floor = sums**2 / n
-        short = squares < floor - 1e-9 * np.maximum(floor, 1.0)
+        with np.errstate(over="ignore"):
+            floor = sums**2 / n
+        huge = squares > n * MAX_MEAN_SQUARE
+        if np.any(huge):
+            return (f"feature {numeric[int(np.flatnonzero(huge)[0])]!r}: root mean square beyond "
+                    f"{math.sqrt(MAX_MEAN_SQUARE):.0e}, which no flow feature reaches")  # fmt: skip
+        short = ~np.isfinite(floor) | (squares < floor * (1 - 1e-9) - 1e-9)
         if np.any(short):
             j = int(np.flatnonzero(short)[0])
             return f"feature {numeric[j]!r}: sumsq {squares[j]:.6g} < sum^2/n {floor[j]:.6g} (no real records give that)"

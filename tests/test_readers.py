@@ -241,3 +241,53 @@ def test_inspect_command_reads_any_format_and_reports_errors(data_dir, tmp_path,
     assert "any-name.csv:3: non-numeric value; column 'sbytes'" in capsys.readouterr().err
     assert main([str(bad), "--skip-bad"]) == 0
     assert '"non_numeric_or_non_finite": 1' in capsys.readouterr().out
+
+
+# ---- Zeek in both shapes, Stratosphere, Background ------------------------------------------------------
+ZEEK_CSV_HEADER = ("ts,uid,id.orig_h,id.orig_p,id.resp_h,id.resp_p,proto,service,duration,orig_bytes,resp_bytes,"
+                   "conn_state,local_orig,local_resp,missed_bytes,history,orig_pkts,orig_ip_bytes,resp_pkts,"
+                   "resp_ip_bytes,tunnel_parents,label,detailed-label")  # fmt: skip
+ZEEK_CSV_ROW = "1533042911.474174,C5J,192.168.100.113,123,81.2.254.224,123,udp,,{dur},48,48,SF,,,0,Dd,1,76,1,76,(empty),{label},{family}"
+
+
+def test_zeek_csv_export_reads_like_the_tab_separated_log(tmp_path):
+    rows = [ZEEK_CSV_ROW.format(dur="0.005490", label="Benign", family="-"),
+            ZEEK_CSV_ROW.format(dur="", label="Malicious", family="C&C")]  # fmt: skip
+    table = read_iot23_conn_log(write(tmp_path, "x-labeled.csv", ZEEK_CSV_HEADER + "\n" + "\n".join(rows) + "\n"))
+    frame = table.frame
+    assert frame["service"].tolist() == ["-", "-"]  # blank = unset in the CSV export
+    assert frame["duration"].tolist() == [0.00549, 0.0] and frame["attack_cat"].tolist() == ["Normal", "C&C"]
+    assert frame["src_port"].tolist() == [123, 123] and any("unset duration" in n for n in table.notes)
+    bad = ZEEK_CSV_ROW.format(dur="1", label="Maybe", family="-")
+    with pytest.raises(FlowDataError, match=r"y\.csv:2: bad label; column 'label'; expected Benign, Malicious or Backg"):
+        read_iot23_conn_log(write(tmp_path, "y.csv", ZEEK_CSV_HEADER + "\n" + bad + "\n"))
+
+
+def test_background_is_unlabelled_dropped_and_counted(tmp_path):
+    header = ZEEK_HEADER.replace("detailed-label", "detailedlabel")
+    rows = [ZEEK_ROW.format(dur="1", label="Background", family="(empty)"),
+            ZEEK_ROW.format(dur="1", label="benign", family="Microsoft"),
+            ZEEK_ROW.format(dur="1", label="Malicious", family="External-Attack-to-Device")]  # fmt: skip
+    table = read_iot23_conn_log(write(tmp_path, "s.conn.log.labeled", header + "\n".join(rows) + "\n"))
+    assert table.frame["label"].tolist() == [0, 1]
+    assert table.frame["attack_cat"].tolist() == ["Normal", "External-Attack-to-Device"]
+    assert table.skipped == {"unlabelled_background": 1} and table.summary()["skipped"] == table.skipped
+    assert any("1 Background (unlabelled) records dropped" in n for n in table.notes)
+
+
+def test_loader_honours_file_for_every_dataset(data_dir):
+    strat = load_dataset("stratosphere", data_dir, file="008-zeek-mixed.conn.log.labeled")
+    assert len(strat) == 5663 - 60 and strat.skipped == {"unlabelled_background": 60}
+    assert strat.source == "stratosphere" and strat.frame["label"].sum() == 4201
+    csv_capture = load_dataset("iot-23", data_dir, file="csv/CTU-Malware-Capture-20-1-labeled.csv")
+    assert len(csv_capture) == 3209 and csv_capture.frame["label"].sum() == 16
+    assert len(load_dataset("unsw-nb15-raw", data_dir, file="UNSW-NB15_1.first20000.csv")) == 20_000
+    with pytest.raises(FlowDataError, match="nope.csv: file not found; expected a file of data set unsw-nb15"):
+        load_dataset("unsw-nb15", data_dir, file="nope.csv")
+
+
+def test_raw_records_get_the_partitioned_rate(tmp_path):
+    table = read_unsw_raw(write(tmp_path, "UNSW-NB15_9.csv", raw_row() + "\n"))
+    assert table.numeric_features[:6] == ["dur", "spkts", "dpkts", "sbytes", "dbytes", "rate"]
+    assert table.frame["rate"].iloc[0] == pytest.approx((2 + 2 - 1) / 0.001055)
+    assert table.frame["state"].iloc[0] == "con"  # upper case in the raw files

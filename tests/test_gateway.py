@@ -388,3 +388,20 @@ def test_serve_summary_scores_flows_against_the_labels_and_names_the_hosts(bundl
     assert hosts.startswith(f"hosts isolated: {len(result['isolated'])} (")
     assert set(result["isolated_attackers"]) | set(result["isolated_others"]) == set(result["isolated"])
     assert "hosts isolated" in report(result)
+
+
+def test_serve_report_leaves_unlabelled_flows_out_of_precision_and_recall():
+    from gateway.__main__ import summary_lines
+    from gateway.serve import ServeReport
+
+    report = ServeReport()
+    for malicious, label in [(True, 1), (True, 0), (False, 1), (False, 0), (True, -1), (False, None)]:
+        report.count_verdict(malicious, label)
+    report.isolated, report.released = ["10.0.0.9", "10.0.0.9"], ["10.0.0.9"]
+    figures = report.as_dict(lines=6)
+    assert figures["labelled"] == {"flows": 4, "precision": 0.5, "recall": 0.5, "tp": 1, "fp": 1, "fn": 1, "tn": 1}
+    assert figures["unlabelled"] == 2
+    words = summary_lines(figures)
+    assert "precision 50.00%, recall 50.00% on 4 labelled flows" in words[0] and "2 flows without a label" in words[0]
+    assert words[1] == "hosts isolated: 1 (10.0.0.9); released: 1 (10.0.0.9)"
+    assert ServeReport().labelled() is None and len(summary_lines(ServeReport().as_dict(0))) == 1

@@ -27,6 +27,7 @@ import yaml
 
 from simulation.attack_report import screening_scores
 from strategies.screening import ScreeningConfig, UpdateScreen
+from strategies.weights import cap_weights
 
 
 @dataclass
@@ -37,6 +38,8 @@ class ReplayResult:
     precision: float
     recall: float
     honest_excluded_per_round: float
+    capped_per_round: float = float("nan")  # clients whose claimed weight the cap trims (NaN: no claims recorded)
+    aggregate_shift: float = float("nan")  # mean over rounds of |capped mean - uncapped mean| / |uncapped mean|
 
 
 def replay(run_dir: Path, config: ScreeningConfig) -> ReplayResult:
@@ -49,18 +52,29 @@ def replay(run_dir: Path, config: ScreeningConfig) -> ReplayResult:
         raise FileNotFoundError(f"{run_dir}: no metrics.json (the run did not finish)")
     malicious = set(json.loads(metrics_path.read_text()).get("attack", {}).get("malicious_partitions", []))
     screen = UpdateScreen(config)
-    rounds_replayed = []
+    rounds_replayed, capped, shifts = [], [], []
     for number, path in enumerate(rounds, start=1):
         with np.load(path) as recorded:
-            decisions, _ = screen.screen([int(c) for c in recorded["clients"]], recorded["deltas"].astype(np.float64))
+            decisions, kept = screen.screen([int(c) for c in recorded["clients"]], recorded["deltas"].astype(np.float64))
+            claims = recorded["claims"].astype(np.float64) if "claims" in recorded.files else None
         rounds_replayed.append({"round": number, "screening": [d.as_dict() for d in decisions]})
+        if claims is not None:
+            weights = cap_weights(claims, config.max_weight_ratio)
+            capped.append(int(np.sum(weights < claims)))
+            accepted = np.array([d.accepted for d in decisions], dtype=bool)
+            if accepted.any():
+                plain = np.average(kept, axis=0, weights=claims[accepted])
+                shifts.append(float(np.linalg.norm(np.average(kept, axis=0, weights=weights[accepted]) - plain)
+                                    / max(float(np.linalg.norm(plain)), 1e-12)))  # fmt: skip
     per_round = screening_scores(rounds_replayed, malicious)  # the run report's own per-round counts, pooled here
     wrongly = sum(len(r["benign_excluded"]) for r in per_round)
     caught = sum(r["rejected"] for r in per_round) - wrongly
     present = sum(r["sampled_malicious"] for r in per_round)
     precision = caught / (caught + wrongly) if caught + wrongly else float("nan")
     recall = caught / present if present else float("nan")
-    return ReplayResult(run_dir.name, len(rounds), len(malicious), precision, recall, wrongly / len(rounds))
+    return ReplayResult(run_dir.name, len(rounds), len(malicious), precision, recall, wrongly / len(rounds),
+                        float(np.mean(capped)) if capped else float("nan"),
+                        float(np.mean(shifts)) if shifts else float("nan"))  # fmt: skip
 
 
 def parse_settings(pairs: list[str]) -> dict:
@@ -85,7 +99,8 @@ def main() -> None:
         config = ScreeningConfig(**parse_settings(args.settings))
     except (TypeError, ValueError) as err:
         raise SystemExit(f"--set: {err}") from None
-    print(f"{'run':24s} {'rounds':>6s} {'attackers':>9s} {'precision':>9s} {'recall':>6s} {'honest excluded/round':>21s}")
+    print(f"{'run':24s} {'rounds':>6s} {'attackers':>9s} {'precision':>9s} {'recall':>6s} {'honest excluded/round':>21s}"
+          f" {'capped/round':>12s} {'aggregate shift':>15s}")  # fmt: skip
     for run_dir in args.runs:
         if not run_dir.is_dir():
             continue
@@ -95,7 +110,8 @@ def main() -> None:
             print(f"skipped: {err}")
             continue
         print(f"{result.run:24s} {result.rounds:6d} {result.attackers:9d} {result.precision:9.2f} {result.recall:6.2f} "
-              f"{result.honest_excluded_per_round:21.2f}")  # fmt: skip
+              f"{result.honest_excluded_per_round:21.2f} {result.capped_per_round:12.2f} "
+              f"{result.aggregate_shift:15.4f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -51,3 +51,22 @@ def test_replay_refuses_a_run_without_recorded_updates(tmp_path):
         replay.replay(tmp_path / "run", replay.ScreeningConfig())
     assert replay.parse_settings(["min_votes=3", "reference=median", "clip=false"]) == {
         "min_votes": 3, "reference": "median", "clip": False}
+
+
+def test_replay_measures_the_weight_cap_on_rounds_recorded_with_claims(tmp_path):
+    from strategies.screening_strategy import save_updates
+
+    replay = _replay_module()
+    rng = np.random.default_rng(1)
+    direction = rng.normal(size=200)
+    claims = np.array([100.0] * 11 + [1e9])  # client 11 claims 1e9 examples with an honest-looking update
+    for r in (1, 2):
+        deltas = direction + 0.5 * rng.normal(size=(12, 200))
+        save_updates(tmp_path / "run" / "updates", r, list(range(12)), deltas, [True] * 12, claims)
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"attack": {"malicious_partitions": []}}))
+    result = replay.replay(tmp_path / "run", replay.ScreeningConfig())
+    assert result.capped_per_round == 1.0 and result.aggregate_shift > 0.05
+    uncapped = replay.replay(tmp_path / "run", replay.ScreeningConfig(max_weight_ratio=None))
+    assert uncapped.capped_per_round == 0.0 and uncapped.aggregate_shift == 0.0
+    _record_run(tmp_path / "old", rounds=1, attackers=[])  # recorded without claims: nothing to measure
+    assert np.isnan(replay.replay(tmp_path / "old", replay.ScreeningConfig()).capped_per_round)

@@ -29,8 +29,8 @@ class ControllerProcess:
         self.config = folder / "controller.toml"
         self.config.write_text(
             f'[openflow]\nhost = "127.0.0.1"\nport = {self.of_port}\n[api]\nhost = "127.0.0.1"\nport = {self.api_port}\n'
-            f'[store]\npath = "{folder / "blocks.sqlite"}"\n[safety]\nallowlist = {json.dumps(allowlist)}\n'
-            f"[timers]\nreconcile_every = {reconcile_every}\n"
+            f'[store]\npath = "{folder / "blocks.sqlite"}"\n[timers]\nreconcile_every = {reconcile_every}\n'
+            f"[safety]\nallowlist = {json.dumps(allowlist)}\n"  # last: callers append [safety] keys
         )  # fmt: skip
         self.log = folder / "controller.log"
         self.process: subprocess.Popen | None = None

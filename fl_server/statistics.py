@@ -3,7 +3,8 @@
 No client is trusted with what it reports. Each reply is
 
 1. decoded and checked on its own (:func:`check_statistics`): a record count ``n`` that is a whole number in
-   ``0..max_records``; finite sums; ``sumsq / n <= 1e200`` (so that merged sums stay finite); ``sumsq >= sum^2 / n`` (Cauchy-Schwarz, to a relative 1e-9) and, with the log
+   ``0..max_records``; finite sums; ``sumsq / n <= 1e200`` (so that merged sums stay finite);
+   ``sumsq >= sum^2 / n`` (Cauchy-Schwarz, to a relative 1e-9) and, with the log
    transform, means and mean squares within what ``signed_log1p`` of a float64 can give (|x| <= 709.8);
    per categorical column, whole non-negative counts that sum to ``n``, at most ``max_categories`` distinct
    values of at most ``max_value_length`` characters;
@@ -46,7 +47,7 @@ from strategies.weights import cap_weights
 
 log = logging.getLogger("flwr.botdefender.server")
 LOG_BOUND = math.log1p(np.finfo(np.float64).max)  # the largest |signed_log1p(x)| of a finite float64: 709.78
-MAX_MEAN_SQUARE = 1e200  # a feature's mean square per record at most this: merged sums of up to 1e12 records stay finite
+MAX_MEAN_SQUARE = 1e200  # a feature's mean square per record at most this: merged sums of 1e12 records stay finite
 
 
 class StatisticsError(ValueError):
@@ -132,7 +133,8 @@ def statistics_from_records(content: RecordDict, screening: StatisticsScreening 
         numeric = _names(features["numeric"], "features.numeric")
         categorical = _names(features["categorical"], "features.categorical")
         if set(numeric) & set(categorical):
-            raise StatisticsError(f"features both numeric and categorical: {sorted(set(numeric) & set(categorical))[:5]}")
+            both = sorted(set(numeric) & set(categorical))[:5]
+            raise StatisticsError(f"features both numeric and categorical: {both}")
         categories = {}
         for column in categorical:
             column_values, column_counts = values[column], counts[column]
@@ -146,7 +148,8 @@ def statistics_from_records(content: RecordDict, screening: StatisticsScreening 
             names = _names(column_values, f"column {column!r} values")
             if any(len(v) > screening.max_value_length for v in names):
                 raise StatisticsError(f"column {column!r}: a value longer than {screening.max_value_length} characters")
-            categories[column] = {v: _whole(c, f"column {column!r} count of {v[:40]!r}") for v, c in zip(names, column_counts)}
+            categories[column] = {v: _whole(c, f"column {column!r} count of {v[:40]!r}")
+                                  for v, c in zip(names, column_counts)}  # fmt: skip
         result = {"n": _whole(stats["n"], "n"), "sum": _floats(stats["sum"], "sum"),
                   "sumsq": _floats(stats["sumsq"], "sumsq"), "categories": categories}  # fmt: skip
     except StatisticsError:
@@ -185,7 +188,7 @@ def check_statistics(stats: dict, numeric: list[str], log_transform: bool,
         short = ~np.isfinite(floor) | (squares < floor * (1 - 1e-9) - 1e-9)
         if np.any(short):
             j = int(np.flatnonzero(short)[0])
-            return f"feature {numeric[j]!r}: sumsq {squares[j]:.6g} < sum^2/n {floor[j]:.6g} (no real records give that)"
+            return f"feature {numeric[j]!r}: sumsq {squares[j]:.6g} < sum^2/n {floor[j]:.6g} (no records give that)"
         if log_transform:
             beyond = (np.abs(sums) > n * LOG_BOUND * (1 + 1e-9)) | (squares > n * LOG_BOUND**2 * (1 + 1e-9))
             if np.any(beyond):

@@ -268,7 +268,8 @@ class UpdateScreen:
         if deltas.shape[0] != n:
             raise ValueError(f"{n} clients but {deltas.shape[0]} updates")
         enough = n >= config.min_clients
-        twins, similarity, lowest = nearest_twins(deltas) if n >= 2 else (np.zeros(n, dtype=int), np.full(n, -1.0), -1.0)
+        twins, similarity, lowest = (nearest_twins(deltas) if n >= 2
+                                     else (np.zeros(n, dtype=int), np.full(n, -1.0), -1.0))  # fmt: skip
         agreement = n >= 2 and lowest >= config.duplicate_cosine  # every update a copy of every other
         scores = view_scores(deltas, config, similarity) if enough else {"norm": np.linalg.norm(deltas, axis=1)}
         scores["similarity"] = similarity

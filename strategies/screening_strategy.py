@@ -30,7 +30,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from strategies.screening import Decision, ScreeningConfig, UpdateScreen
-from strategies.updates import claimed_weights, collect_updates, unflatten, with_weights
+from strategies.updates import cap_reply_weights, claimed_weights, collect_updates, unflatten, with_weights
 from strategies.weights import cap_weights
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,15 @@ class ScreeningStrategy(Strategy):
         return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
+        """The inner strategy's evaluation average, with the replies' weights capped as in training."""
+        weight_key = str(getattr(self.inner, "weighted_by_key", "num-examples"))
+        replies = list(replies)
+        capped = cap_reply_weights(replies, self.screen.config.max_weight_ratio, weight_key)
+        result = self.inner.aggregate_evaluate(server_round, capped)
+        record = getattr(self.inner, "record_replies", None)
+        if record:  # the report keeps what every client claimed
+            self.inner.client_evaluate[server_round] = record(sorted(replies, key=self.inner.reply_key))
+        return result
 
     def _client_id(self, reply: Message) -> int:
         client_id = getattr(self.inner, "client_id", None)  # registry strategies rank nodes; others: node id

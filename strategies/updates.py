@@ -74,3 +74,31 @@ def with_weights(reply: Message, arrays: ArrayRecord, weight: tuple[str, float] 
     if weight is not None:
         metrics = MetricRecord({**dict(metrics), weight[0]: weight[1]})
     return make_message(metadata=reply.metadata, content=RecordDict({"arrays": arrays, metric_key: metrics}))
+
+
+def cap_reply_weights(replies: list[Message], ratio: float | None, weighted_by_key: str = "num-examples") -> list[Message]:
+    """``replies`` with every claimed weight capped at ``ratio`` x the median claim (:func:`cap_weights`).
+
+    Only replies with one MetricRecord whose ``weighted_by_key`` is one finite positive number take part; the
+    others pass unchanged (the strategy's own checks deal with them)."""
+    from strategies.weights import cap_weights
+
+    usable = []
+    for index, reply in enumerate(replies):
+        if reply.has_error() or len(reply.content.metric_records) != 1:
+            continue
+        value = next(iter(reply.content.metric_records.values())).get(weighted_by_key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value > 0:
+            usable.append((index, float(value)))
+    if not usable:
+        return list(replies)
+    capped = cap_weights(np.array([claim for _, claim in usable]), ratio)
+    out = list(replies)
+    for (index, claim), weight in zip(usable, capped):
+        if weight < claim:
+            reply = replies[index]
+            content = RecordDict(dict(reply.content.items()))
+            key, metrics = next(iter(reply.content.metric_records.items()))
+            content[key] = MetricRecord({**dict(metrics), weighted_by_key: float(weight)})
+            out[index] = make_message(metadata=reply.metadata, content=content)
+    return out

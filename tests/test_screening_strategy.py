@@ -202,3 +202,14 @@ def test_a_round_where_every_client_sends_the_same_update_is_aggregated():
     assert arrays is not None  # not skipped as ten near-copies
     np.testing.assert_allclose(arrays["a"].numpy(), benign[0]["a"], rtol=1e-5, atol=1e-6)
     assert all(d["verdict"] == "accept" for d in strategy.decisions[1])
+
+
+def test_evaluation_averages_use_the_capped_weights_too():
+    strategy, nodes, _, _, _ = setup()
+    claims = [100] * 9 + [10**9]
+    accuracy = [0.9] * 9 + [0.0]  # the liar reports a useless model to drag the federated accuracy down
+    replies = [reply(n, {}, content=RecordDict({"metrics": MetricRecord({"num-examples": c, "eval_accuracy": a})}))
+               for n, c, a in zip(nodes, claims, accuracy)]  # fmt: skip
+    metrics = strategy.aggregate_evaluate(1, replies)
+    assert metrics["eval_accuracy"] == pytest.approx(0.9 * 900 / 1500)  # 6 x the median 100 for the liar
+    assert strategy.inner.client_evaluate[1][9]["num-examples"] == 10**9  # the report keeps the claim

@@ -102,6 +102,7 @@ class IsolationHook:
         self.counts: Counter = Counter()  # this process's calls: queued, delivered, retried, dead_letter
         self._lock = threading.RLock()  # the database connection
         self._flushing = threading.Lock()  # one delivery round at a time
+        self._closed_summary: dict | None = None
         self._db = open_queue(queue_path)
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread = None
@@ -147,10 +148,14 @@ class IsolationHook:
             if dead:
                 log.warning("%d isolation call(s) in the dead-letter table (python -m sdn.hook --status)", len(dead))
         with self._lock:
+            self._closed_summary = self.summary()
             self._db.close()
 
     def summary(self) -> dict:
-        """This run's figures for the gateway's summary: calls queued, delivered, retried, dead-lettered, left."""
+        """This run's figures for the gateway's summary: calls queued, delivered, retried, dead-lettered, left
+        (after :meth:`close`: as they were when it closed)."""
+        if self._closed_summary is not None:
+            return self._closed_summary
         with self._lock:
             pending = self.pending() if not self.dry_run else 0
             dead = int(self._db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0])

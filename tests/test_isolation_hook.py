@@ -256,6 +256,8 @@ def test_a_call_that_keeps_failing_goes_to_the_dead_letter_table_and_blocks_noth
         assert [(d["host"], d["code"], d["attempts"]) for d in dead] == [("fe80::1%eth0", 400, 0), ("10.0.0.66", 502, 3)]
         assert hook.summary()["dead_letter_total"] == 2
         hook.close()
+        assert hook.summary() == {"queued": 4, "delivered": 2, "retried": 2, "dead_letter_new": 2,
+                                  "dead_letter_total": 2, "pending": 0}  # fmt: skip
         assert hook_main(["--queue", str(tmp_path / "queue.sqlite"), "--status"]) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["dead_letter"] == 2 and report["pending"] == 0

@@ -125,4 +125,5 @@ def save_updates(folder: Path, server_round: int, clients: list[int], deltas: np
     folder.mkdir(parents=True, exist_ok=True)
     extra = {} if claims is None else {"claims": np.asarray(claims, dtype=np.float64)}
     np.savez_compressed(folder / f"round_{server_round:03d}.npz", clients=np.asarray(clients),
-                        deltas=np.asarray(deltas, dtype=np.float32), accepted=np.asarray(accepted), **extra)  # fmt: skip
+                        deltas=np.asarray(deltas, dtype=np.float32), accepted=np.asarray(accepted),
+                        **extra)  # fmt: skip

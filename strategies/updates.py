@@ -76,7 +76,8 @@ def with_weights(reply: Message, arrays: ArrayRecord, weight: tuple[str, float] 
     return make_message(metadata=reply.metadata, content=RecordDict({"arrays": arrays, metric_key: metrics}))
 
 
-def cap_reply_weights(replies: list[Message], ratio: float | None, weighted_by_key: str = "num-examples") -> list[Message]:
+def cap_reply_weights(replies: list[Message], ratio: float | None,
+                      weighted_by_key: str = "num-examples") -> list[Message]:  # fmt: skip
     """``replies`` with every claimed weight capped at ``ratio`` x the median claim (:func:`cap_weights`).
 
     Only replies with one MetricRecord whose ``weighted_by_key`` is one finite positive number take part; the

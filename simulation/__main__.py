@@ -1,6 +1,6 @@
 """``python -m simulation``: one federated simulation on the default config (Hydra overrides and -m sweeps work).
 
-    python -m simulation                                   # UNSW-NB15, CNN-LSTM, Dirichlet 0.5, 10 clients, FedAvg
+    python -m simulation                                   # the defaults of conf/schema.py and conf/federated.yaml
     python -m simulation -m partition.alpha=0.1,0.5,1.0    # one job after another, each in its own folder
 
 In a multirun, a job that fails writes its error to ``<job folder>/error.txt`` and the sweep goes on (the

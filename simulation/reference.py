@@ -1,4 +1,4 @@
-"""The centralized CNN-LSTM on a federated run's own split: what federation is measured against.
+"""The run's model trained centrally on a federated run's own split: what federation is measured against.
 
 Trains on the union of the clients' rows (the run's TRAIN split) with the pipeline settings the federated run
 uses, and scores the same held-out TEST split the server evaluates on. Early stopping uses a validation share

@@ -54,8 +54,10 @@ def precision_recall(predicted: np.ndarray, labels: np.ndarray) -> dict:
     tp = int(np.sum(predicted & (labels == 1)))
     fp = int(np.sum(predicted & (labels == 0)))
     fn = int(np.sum(~predicted & (labels == 1)))
+    benign = int(np.sum(labels == 0))
     return {"flows": int(len(labels)), "attacks": int(labels.sum()), "tp": tp, "fp": fp, "fn": fn,
-            "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None}  # fmt: skip
+            "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
+            "false_positive_rate": fp / benign if benign else None}  # fmt: skip
 
 
 def evaluate(bundle: Path, source: Path, data_dir: Path) -> dict:
@@ -89,7 +91,8 @@ def report(result: dict) -> str:
             return "n/a" if v is None else f"{100 * v:.2f}%"
 
         return (f"precision {pct(part['precision'])}, recall {pct(part['recall'])} on {part['flows']} flows "
-                f"({part['attacks']} attacks; tp {part['tp']}, fp {part['fp']}, fn {part['fn']})")  # fmt: skip
+                f"({part['attacks']} attacks; tp {part['tp']}, fp {part['fp']}, fn {part['fn']}; false positives on "
+                f"{pct(part['false_positive_rate'])} of the benign flows)")  # fmt: skip
 
     return "\n".join([
         f"{result['source']} through gateway serve, bundle {result['bundle']}:",

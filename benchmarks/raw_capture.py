@@ -100,7 +100,8 @@ def report(result: dict) -> str:
         f"- records not in the partition ({result['in_partition_bound']} raw records match a partitioned record's "
         f"feature vector and are left out): {pr(result['not_in_partition'])}",
         f"- hosts isolated: {len(result['isolated'])}: {len(result['isolated_attackers'])} in {ATTACKERS} "
-        f"({', '.join(result['isolated_attackers']) or 'none'}), others: {', '.join(result['isolated_others']) or 'none'}"
+        f"({', '.join(result['isolated_attackers']) or 'none'}), "
+        f"others: {', '.join(result['isolated_others']) or 'none'}"
         f"; released: {', '.join(result['released']) or 'none'}",
     ])  # fmt: skip
 

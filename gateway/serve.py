@@ -137,7 +137,8 @@ class VerdictService:
             moment = record.time if record.time is not None else now
             lines.append(json.dumps({"time": moment, "src": record.src, "dst": record.dst, "line": record.line,
                                      "score": round(float(score), 5), "verdict": "attack" if malicious else "benign",
-                                     "label": record.label if (record.label or 0) >= 0 else None, "model_version": version}))  # fmt: skip
+                                     "label": record.label if (record.label or 0) >= 0 else None,
+                                     "model_version": version}))  # fmt: skip
             self.report.malicious += int(malicious)
             self.report.count_verdict(malicious, record.label)
             if record.src is not None:

@@ -259,7 +259,7 @@ def test_zeek_csv_export_reads_like_the_tab_separated_log(tmp_path):
     assert frame["duration"].tolist() == [0.00549, 0.0] and frame["attack_cat"].tolist() == ["Normal", "C&C"]
     assert frame["src_port"].tolist() == [123, 123] and any("unset duration" in n for n in table.notes)
     bad = ZEEK_CSV_ROW.format(dur="1", label="Maybe", family="-")
-    with pytest.raises(FlowDataError, match=r"y\.csv:2: bad label; column 'label'; expected Benign, Malicious or Backg"):
+    with pytest.raises(FlowDataError, match=r"y\.csv:2: bad label; column 'label'; expected Benign, Malicious or B"):
         read_iot23_conn_log(write(tmp_path, "y.csv", ZEEK_CSV_HEADER + "\n" + bad + "\n"))
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from readme_block import replace_readme_block  # benchmarks/readme_block.py (this script's folder)
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # devtools/ (test and benchmark helpers, not installed)
 RESULTS = REPO / "benchmarks" / "results" / "isolation"
 
 SENDER = """
@@ -83,7 +84,7 @@ def cut_latency(bed, controller, call, seconds: float = 0.6) -> tuple[float, flo
 
 
 def main() -> None:
-    from sdn.local import ControllerProcess, call
+    from devtools.controller_process import ControllerProcess, call
     from sdn.testbed import NetworkBed, missing_requirements
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -1,1 +1,2 @@
-"""Helpers for the tests and benchmarks only (not installed with the product packages): process-tree watching."""
+"""Helpers for the tests and benchmarks only (not installed with the product packages): process-tree watching,
+a controller process on loopback."""

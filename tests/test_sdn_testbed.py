@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import skip_without_testbed
-from sdn.local import ControllerProcess, call
+from devtools.controller_process import ControllerProcess, call
 from sdn.testbed import NetworkBed
 
 REPO = Path(__file__).resolve().parents[1]

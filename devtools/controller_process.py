@@ -1,4 +1,5 @@
-"""A controller run as its own process on loopback, and calls to its API (the SDN tests and benchmark use them)."""
+"""A controller run as its own process on loopback, and calls to its API: helpers of the SDN tests and the
+isolation benchmark (not installed with the product)."""
 
 from __future__ import annotations
 

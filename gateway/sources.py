@@ -10,6 +10,7 @@ fatal.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -75,8 +76,11 @@ class FlowSource:
 
     def lines(self) -> Iterator[tuple[int, str | None]]:
         """(line number, text) of every complete line; following, waits for more at the end of the file and
-        yields (0, None) each time it finds nothing new."""
-        with open(self.path, "rb") as handle:
+        yields (0, None) each time it finds nothing new. A followed file that is rotated is read on: shrunk under
+        the reader (copy-truncate) it is read again from its start; replaced at its path (rename and create) the
+        new file is opened once the old one is drained. Line numbers restart with each new file."""
+        handle = open(self.path, "rb")
+        try:
             pending = b""
             number = 0
             idle_since = time.monotonic()
@@ -96,10 +100,33 @@ class FlowSource:
                         continue
                     yield number, text.lstrip("\ufeff") if number == 1 else text
                     continue
+                if self.follow:
+                    rotated = self._rotation(handle)
+                    if rotated == "replaced":
+                        handle.close()
+                        handle = open(self.path, "rb")
+                    elif rotated == "truncated":
+                        handle.seek(0)
+                    if rotated:
+                        pending, number = b"", 0
+                        continue
                 if not self.follow or (self.idle_exit and time.monotonic() - idle_since >= self.idle_exit):
                     return
                 yield 0, None  # idle: lets the consumer flush what it holds
                 time.sleep(self.poll)
+        finally:
+            handle.close()
+
+    def _rotation(self, handle) -> str | None:
+        """``replaced`` when another file now lies at the path, ``truncated`` when the open one shrank below the
+        read position, else None (also while the path is briefly missing during a rotation)."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        if now.st_ino != os.fstat(handle.fileno()).st_ino:
+            return "replaced"
+        return "truncated" if now.st_size < handle.tell() else None
 
     def __iter__(self) -> Iterator[Record | None]:
         """Records in file order; ``None`` while a followed file has nothing new."""
@@ -109,8 +136,9 @@ class FlowSource:
                 continue
             if self.fmt == "auto":
                 self.fmt = detect_format(line)
-            if self.layout is None and self.fmt in ("unsw", "zeek_csv"):
-                self.layout = header_layout(self.fmt, line)
+            if self.fmt in ("unsw", "zeek_csv") and (self.layout is None or (number == 1 and
+                                                                       detect_format(line) == self.fmt)):
+                self.layout = header_layout(self.fmt, line)  # the header; again at the top of a rotated file
                 continue
             if self.layout is None and self.fmt == "unsw_raw":
                 self.layout = UnswRaw()

@@ -405,3 +405,40 @@ def test_serve_report_leaves_unlabelled_flows_out_of_precision_and_recall():
     assert "precision 50.00%, recall 50.00% on 4 labelled flows" in words[0] and "2 flows without a label" in words[0]
     assert words[1] == "hosts isolated: 1 (10.0.0.9); released: 1 (10.0.0.9)"
     assert ServeReport().labelled() is None and len(summary_lines(ServeReport().as_dict(0))) == 1
+
+
+def _follow_in_thread(path: Path):
+    import threading
+
+    from gateway.sources import FlowSource
+
+    source = FlowSource(path, follow=True, idle_exit=2.0, poll=0.05)
+    seen: list = []
+    thread = threading.Thread(target=lambda: seen.extend(r for r in source if r is not None), daemon=True)
+    thread.start()
+    return source, seen, thread
+
+
+@pytest.mark.parametrize("rotation", ["copy-truncate", "rename"])
+def test_follow_survives_log_rotation(data_dir, tmp_path, rotation):
+    """logrotate's copytruncate (the file shrinks under the reader) and rename-and-create (a new file, a new
+    inode, at the path): the records written after the rotation are read too."""
+    lines = (data_dir / "unsw-nb15" / "raw" / RAW_FILE).read_text().splitlines(keepends=True)[:60]
+    capture = tmp_path / "capture.csv"
+    capture.write_text("".join(lines[:30]))
+    source, seen, thread = _follow_in_thread(capture)
+    time.sleep(0.5)
+    if rotation == "copy-truncate":
+        (tmp_path / "capture.csv.1").write_text(capture.read_text())
+        with open(capture, "r+") as handle:
+            handle.truncate(0)
+    else:
+        capture.rename(tmp_path / "capture.csv.1")
+        capture.write_text("")
+    time.sleep(0.5)
+    with open(capture, "a") as handle:
+        handle.write("".join(lines[30:40]))
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert len(seen) == 40 and source.stats.malformed == Counter()
+    assert [r.fields for r in seen] == [line.lstrip("\ufeff").rstrip("\r\n").split(",") for line in lines[:40]]

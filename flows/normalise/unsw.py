@@ -6,10 +6,10 @@ lower-cased (the raw files write ``state`` in upper case), blank as ``-``; attac
 
 Raw records lack the partitioned files' ``rate``; it is derived as ``(spkts + dpkts - 1) / dur`` (0 when
 ``dur == 0``). Measured on the 82,332-record partition, which has all of these columns: the formula matches the
-published ``rate`` to a relative 1e-3 for 98.46% of the 81,382 records with ``dur > 0``; the other 1,251 are
-almost all 2-packet flows of a few microseconds whose published rate implies another duration than the published
-``dur`` (not derivable from the record). Of the 950 records with ``dur == 0``, the published rate is 0 for at
-least 75% (917 are one-packet flows, for which the formula gives 0 too). On the 1,655 raw records of
+published ``rate`` to a relative 1e-3 for 98.46% of the 81,382 records with ``dur > 0``; of the other 1,251,
+98% are 2-packet flows shorter than 0.1 ms whose published rate implies another duration than the published
+``dur`` (not derivable from the record). Of the 950 records with ``dur == 0``, the published rate is 0 for 932,
+as derived here. On the 1,655 raw records of
 UNSW-NB15_1.first20000.csv that match a partitioned record on every other feature, the derived rate equals the
 published one to 1e-3 in all 1,655. The other features have the same meaning and units in both formats (same
 values on those matches; ``sinpkt``/``sjit`` differ in about 1-2% of them, where the partition holds 60000.688 or

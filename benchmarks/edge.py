@@ -180,12 +180,13 @@ def bench_sparsity(checkpoint: Path, sparsity: float, rows, labels, test_csv: Pa
     import torch
 
     from gateway.bundle import load_bundle
-    from gateway.export import ExportOptions, export_bundle, load_checkpoint, prune_model
+    from gateway.export import ExportOptions, export_bundle, prune_model
+    from models.checkpoint import load_checkpoint
 
     bundle_dir = RESULTS / f"bundle_sparsity_{sparsity:g}"
     manifest = export_bundle(checkpoint, bundle_dir, ExportOptions(sparsity=sparsity))
     bundle = load_bundle(bundle_dir)
-    model = load_checkpoint(checkpoint).model
+    model = load_checkpoint(checkpoint).model()
     prune_model(model, sparsity)
     with torch.no_grad():
         reference = torch.sigmoid(model(torch.from_numpy(rows))).numpy()

@@ -1,7 +1,7 @@
 """Read and validate one flow file and print its summary: ``python -m flows.inspect FILE [--skip-bad]``.
 
-The format is recognised by content: a Zeek header (IoT-23), the partitioned UNSW-NB15 header, or else the
-raw UNSW-NB15 layout. Exit code 2 with one line naming file, line and column on bad input.
+The format is recognised by content (:func:`flows.normalise.detect_format`): a Zeek log in either shape (the
+tab-separated log or its CSV export), the partitioned UNSW-NB15 header, or else the raw UNSW-NB15 layout. Exit code 2 with one line naming file, line and column on bad input.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from flows.errors import FlowDataError
-from flows.readers import read_iot23_conn_log, read_unsw_partitioned, read_unsw_raw
-from flows.readers.unsw_partitioned import looks_partitioned
+from flows.normalise import detect_format
+from flows.readers import read_unsw_partitioned, read_unsw_raw, read_zeek_conn_log
 from flows.table import FlowTable
 
 
@@ -21,13 +21,10 @@ def read_any(path: Path, bad_records: str = "error") -> FlowTable:
     """Read ``path`` with the reader its content calls for."""
     if not path.is_file():
         raise FlowDataError(path, "file not found")
-    with open(path, "rb") as handle:
-        start = handle.read(64)
-    if start.startswith(b"#separator") or start.startswith(b"#fields"):
-        return read_iot23_conn_log(path, bad_records=bad_records)
-    if looks_partitioned(path):
-        return read_unsw_partitioned(path, bad_records=bad_records)
-    return read_unsw_raw(path, bad_records=bad_records)
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        fmt = detect_format(handle.readline())
+    readers = {"zeek": read_zeek_conn_log, "zeek_csv": read_zeek_conn_log, "unsw": read_unsw_partitioned}
+    return readers.get(fmt, read_unsw_raw)(path, bad_records=bad_records)  # type: ignore[operator]
 
 
 def main(argv: list[str] | None = None) -> int:

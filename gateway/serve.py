@@ -145,7 +145,8 @@ class VerdictService:
                 for verdict in self.hosts.observe(record.src, moment, malicious):
                     self.report.host_verdicts[verdict.action] += 1
                     hosts = self.report.isolated if verdict.action == "isolate" else self.report.released
-                    hosts.append(verdict.host)
+                    if verdict.host not in hosts:  # each host once; re-assertions are counted in host_verdicts
+                        hosts.append(verdict.host)
                     if self.sink is not None:
                         self.sink.emit(verdict)
         self.out.write("\n".join(lines) + "\n")
@@ -190,4 +191,8 @@ def serve(bundle_dir: str | Path, source_path: str | Path, *, fmt: str = "auto",
     finally:
         if sink is not None:
             sink.close()
-    return report.as_dict(source.stats.lines)
+    result = report.as_dict(source.stats.lines)
+    result["host_time"] = service.hosts.counts()  # records set aside by the stream's watermark, late ones
+    if sink is not None and hasattr(sink, "summary"):
+        result["host_sink"] = sink.summary()  # the isolation hook: delivered, retried, dead-lettered, pending
+    return result

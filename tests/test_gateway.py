@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from gateway.bundle import BundleError, load_bundle
-from gateway.hosts import HostPolicy, HostTracker
 
 REPO = Path(__file__).resolve().parents[1]
 from conftest import RAW_FILE
@@ -184,32 +183,19 @@ def test_the_export_and_verify_commands(raw_checkpoint, tmp_path, capsys):
     assert "error: checkpoint not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("layers, readout", [(1, "last"), (2, "mean"), (2, "max")])
-def test_the_unrolled_export_form_computes_what_the_model_computes(layers, readout):
-    import torch
-
-    from gateway.export_model import UnrolledCNNLSTM
-    from models.cnn_lstm import CNNLSTM
-
-    torch.manual_seed(layers)
-    model = CNNLSTM(41, lstm_layers=layers, readout=readout).eval()
-    x = torch.randn(64, 41) * 3
-    with torch.no_grad():
-        assert torch.allclose(UnrolledCNNLSTM(model)(x), model(x), atol=1e-5)
-
-
 def test_stripping_names_keeps_every_weight_even_ones_stored_after_the_flatbuffer():
     """A wide model's int8 file keeps its weights after the flatbuffer (by offset); stripping must keep them."""
     import torch
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_litert.tools import flatbuffer_utils
 
-    from gateway.export import convert_fp32, quantize, strip_strings
-    from models.cnn_lstm import CNNLSTM
+    from gateway.export import quantize, strip_strings
+    from models.registry import get_family
 
+    family = get_family("cnn_lstm")
     torch.manual_seed(0)
-    model = CNNLSTM(60, conv_channels=128, lstm_hidden=256, dense=128).eval()
-    int8 = quantize(convert_fp32(model, 4), "dynamic")
+    model = family.build(60, {"conv_channels": 128, "lstm_hidden": 256, "dense": 128}).eval()
+    int8 = quantize(family.export_tflite(model, 4), "dynamic")
     offsets = [b.offset for b in flatbuffer_utils.convert_bytearray_to_object(int8).buffers if (b.offset or 0) > 1]
     assert offsets, "the quantizer no longer stores buffers by offset: this test lost its subject"
     stripped = strip_strings(int8)
@@ -323,23 +309,6 @@ def test_follow_reads_a_growing_file(bundle_dir, data_dir, tmp_path):
             process.kill()
     assert process.returncode == 0, err[-2000:]
     assert _summary(err)["scored"] == 300 and len(out.splitlines()) == 300
-
-
-def test_host_windows_isolate_and_release_with_hysteresis():
-    tracker = HostTracker(HostPolicy(window=10.0, min_flows=4, isolate_share=0.75, release_share=0.25))
-    actions = []
-    for t, bad in enumerate([True, True, True, False, True]):
-        actions += [(v.action, v.time) for v in tracker.observe("10.0.0.9", float(t), bad)]
-    assert actions == [("isolate", 3.0)]  # 3 of 4 malicious at t=3
-    for t in range(5, 16):  # benign flows: the share drops as old ones leave the window
-        actions += [(v.action, v.time) for v in tracker.observe("10.0.0.9", float(t), False)]
-    assert actions[-1][0] == "release" and len(actions) == 2
-    tracker.observe("10.0.0.7", 0.0, True)
-    assert tracker.observe("10.0.0.8", 100.0, False) == []  # 10.0.0.7 was never isolated: nothing to release
-    for t in range(4):
-        tracker.observe("10.0.0.6", 200.0 + t, True)
-    released = tracker.observe("10.0.0.8", 300.0, False)
-    assert [(v.host, v.action) for v in released] == [("10.0.0.6", "release")]  # silent for a whole window
 
 
 @pytest.mark.slow

@@ -241,6 +241,10 @@ def test_inspect_command_reads_any_format_and_reports_errors(data_dir, tmp_path,
     assert "any-name.csv:3: non-numeric value; column 'sbytes'" in capsys.readouterr().err
     assert main([str(bad), "--skip-bad"]) == 0
     assert '"non_numeric_or_non_finite": 1' in capsys.readouterr().out
+    assert main([str(data_dir / "iot-23" / "csv" / "CTU-Malware-Capture-20-1-labeled.csv")]) == 0  # Zeek CSV export
+    assert '"records": 3209' in capsys.readouterr().out
+    assert main([str(data_dir / "stratosphere" / "008-zeek-mixed.conn.log.labeled")]) == 0
+    assert '"records": 5603' in capsys.readouterr().out  # 5,663 less the 60 unlabelled Background flows
 
 
 # ---- Zeek in both shapes, Stratosphere, Background ------------------------------------------------------

@@ -167,7 +167,7 @@ def test_the_launcher_settings_reach_the_local_federation(monkeypatch, tmp_path,
 
     monkeypatch.setattr(federated, "LocalFederation", FakeFederation)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("federated", overrides=[f"out_dir={tmp_path}", "partition.n_clients=4",
+        cfg = compose("federated", overrides=["partition.n_clients=4",
                                               "launcher.client_cpus=0.5", "launcher.timeout=77",
                                               "launcher.ray_tmpdir=/tmp/bdt", "simulation.subsample=3000"])  # fmt: skip
     with pytest.raises(RuntimeError, match="failed:stub"):
@@ -176,6 +176,10 @@ def test_the_launcher_settings_reach_the_local_federation(monkeypatch, tmp_path,
     assert from_run_config(seen["values"]).partition.n_clients == 4
     assert seen["values"]["out-dir"] == str(tmp_path.resolve())
     assert not any(key.startswith("launcher") for key in seen["values"])  # launcher settings stay in the launcher
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        explicit = compose("federated", overrides=[f"out_dir={tmp_path}"])
+    with pytest.raises(federated.SimulationConfigError, match="set hydra.run.dir"):
+        federated.check_config(explicit)  # the output folder has one name here: Hydra's
 
 
 @pytest.mark.parametrize("override, nearest", [

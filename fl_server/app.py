@@ -13,6 +13,7 @@ The run's settings are the run spec (:mod:`conf.schema`) read back from the Flow
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -75,6 +76,7 @@ def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
     spec = from_run_config(context.run_config)
     out_dir = out_dir_of(spec, context.run_id)
+    spec = dataclasses.replace(spec, out_dir=str(out_dir))  # metrics.json records where the outputs went
     rounds = spec.simulation.num_rounds
 
     nodes = wait_for_nodes(grid, spec.simulation.min_nodes, spec.simulation.node_wait, spec.partition.n_clients)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from conf.schema import LauncherSpec, RunSpec, RunSpecError, data_settings, to_run_config
 from fl_client.attacks.config import AttackConfig
+from fl_server.evaluation import PROGRESS_FILE
 from flows.loader import resolve_data_dir
 from flows.partitioning import class_histogram, partition_from_config
 from flows.run_split import DataSettings, load_split
@@ -26,7 +27,6 @@ from simulation.flower_runtime import LocalFederation, check_ray_tmp_parent
 from strategies.registry import StrategyConfigError, check_strategy
 
 log = logging.getLogger(__name__)
-PROGRESS_FILE = "progress.jsonl"  # written by the ServerApp (fl_server.evaluation)
 
 
 class SimulationConfigError(ValueError):

@@ -249,5 +249,6 @@ def test_plain_flwr_run_with_only_rounds_and_subsample_overridden_completes(tmp_
     (run_dir,) = list(runs.iterdir())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["nodes"] == 2 and metrics["run_config"]["simulation.num-rounds"] == 1
+    assert metrics["run_config"]["out-dir"] == str(run_dir)  # the folder the ServerApp chose is on record
     assert "the federation has 2 nodes but partition.n_clients is 10" in result.log
     assert (run_dir / "final.pt").is_file() and len((run_dir / "progress.jsonl").read_text().splitlines()) == 2

@@ -81,7 +81,8 @@ def main(grid: Grid, context: Context) -> None:
 
     nodes = wait_for_nodes(grid, spec.simulation.min_nodes, spec.simulation.node_wait, spec.partition.n_clients)
     log.info("%d node(s) connected", len(nodes))
-    state, ranks = query_pipeline_state(grid, nodes, spec.pipeline, spec.simulation.round_timeout)
+    state, ranks = query_pipeline_state(grid, nodes, spec.pipeline, spec.simulation.round_timeout,
+                                        min_replies=spec.simulation.min_nodes)
     model_spec, model = global_model(spec, state)
     evaluation, data = central_evaluation(spec, state, model_spec, model, out_dir)
     strategy = configured_strategy(spec, nodes, ranks, state, model_spec, out_dir)

@@ -34,25 +34,34 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float, expected: int) -> l
     return nodes
 
 
-def query_pipeline_state(grid: Grid, nodes: list[int], settings: PipelineSettings,
-                         timeout: float) -> tuple[PipelineState, dict[int, int]]:  # fmt: skip
-    """Ask every node for its feature statistics; fit the pipeline state from their merge.
+def query_pipeline_state(grid: Grid, nodes: list[int], settings: PipelineSettings, timeout: float,
+                         min_replies: int = 1) -> tuple[PipelineState, dict[int, int]]:  # fmt: skip
+    """Ask every node for its feature statistics; fit the pipeline state from the merge of the replies.
 
-    Also returns node id -> partition id in simulation, which ranks nodes for seeded sampling and ordered
-    aggregation (empty in a deployment)."""
+    A node that answers with an error or not at all is left out of the merge and named in a warning (it keeps
+    its place in the federation: the training rounds treat its failures as Flower does); fewer than
+    ``min_replies`` usable replies end the run with every node's reason. Also returns node id -> partition id
+    in simulation, which ranks nodes for seeded sampling and ordered aggregation (empty in a deployment)."""
     messages = [
         Message(content=RecordDict({"config": ConfigRecord({"log-transform": settings.log_transform})}),
                 dst_node_id=node, message_type=MessageType.QUERY)  # fmt: skip
         for node in nodes
     ]
     replies = list(grid.send_and_receive(messages, timeout=timeout))
-    errors = [f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()]
-    if errors or len(replies) != len(nodes):
-        raise RuntimeError(f"statistics query: {len(replies)}/{len(nodes)} replies; errors: {errors}")
-    state = fit_pipeline_state((r.content for r in replies), settings, source="federated")
-    log.info("pipeline fitted from %d clients' statistics: %d records, %d model inputs", len(replies),
+    usable = [r for r in replies if not r.has_error()]
+    problems = [f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()]
+    answered = {int(r.metadata.src_node_id) for r in replies}
+    problems += [f"node {node}: no reply within {timeout:.0f} s" for node in nodes if int(node) not in answered]
+    if len(usable) < max(1, min_replies):
+        raise RuntimeError(f"statistics query: {len(usable)} usable replies from {len(nodes)} nodes, fewer than "
+                           f"the {max(1, min_replies)} needed; {'; '.join(problems)[:2000]}")  # fmt: skip
+    for problem in problems:
+        log.warning("statistics query: %s; its statistics are left out of the pipeline", problem)
+    state = fit_pipeline_state((r.content for r in usable), settings, source="federated")
+    log.info("pipeline fitted from %d clients' statistics: %d records, %d model inputs", len(usable),
              state.info["fitted_on_records"], state.n_outputs)  # fmt: skip
-    contents = {int(r.metadata.src_node_id): r.content for r in replies}
+    state.info["statistics_query"] = {"nodes": len(nodes), "replies": len(usable), "failed": problems}
+    contents = {int(r.metadata.src_node_id): r.content for r in usable}
     # Simulation is recognised by the runtime's complete set of partition ids (every node reports one); a real
     # gateway reports none, so one node's claim among gateways is never trusted.
     simulation = all(node_rank(content) is not None for content in contents.values())

@@ -4,6 +4,8 @@
 107 bytes), an uncommon SuperLink port, no per-run dependency installation and no telemetry. Leaving the
 ``with`` block (normally, on an error or on Ctrl-C) stops the SuperLink it started and every process of its and
 its children's process groups (Ray included), by pid: nothing is killed by name. See docs/flower-1.42-notes.md.
+It runs the app from a copy of its packages (:mod:`simulation.app_source`), with this interpreter's folder first
+on the PATH of Flower's child processes.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from simulation.app_source import stage_app
+
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 CONFIG_TOML = '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
 
@@ -155,8 +158,13 @@ class LocalFederation:
                         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_TELEMETRY_ENABLED="0",
                         FLWR_DISABLE_UPDATE_CHECK="1", RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
                         FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()), **self.env_extra)  # fmt: skip
-        flwr = Path(sys.executable).with_name("flwr")
+        # Flower's commands start their children (flower-superlink, flwr-serverapp, ...) from PATH: put the folder
+        # of this interpreter first, so a venv's python works without activating the venv
+        bin_dir = str(Path(sys.executable).parent)
+        self.env["PATH"] = os.pathsep.join([bin_dir, *[p for p in self.env.get("PATH", "").split(os.pathsep) if p]])
+        flwr = Path(bin_dir) / "flwr"
         self.flwr = str(flwr) if flwr.exists() else "flwr"
+        self.app = stage_app(self.home / "app")
         return self
 
     def run(self, run_config: dict, *, num_supernodes: int | None, client_cpus: float | None, timeout: float,
@@ -173,14 +181,14 @@ class LocalFederation:
         if client_cpus is not None:
             cpus = int(client_cpus) if float(client_cpus).is_integer() else client_cpus  # flwr wants an int here
             federation.append(f"client-resources-num-cpus={cpus}")
-        command = [self.flwr, "run", str(REPO), "local", "--stream"]
+        command = [self.flwr, "run", str(self.app), "local", "--stream"]
         if federation:
             command += ["--federation-config", " ".join(federation)]
         if run_config:
             command += ["--run-config", format_run_config(run_config)]
         started = time.perf_counter()
         lines: list[str] = []
-        with subprocess.Popen(command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        with subprocess.Popen(command, cwd=self.app, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, bufsize=1) as process:  # fmt: skip
             timer = threading.Timer(timeout, process.kill)  # our own child, by handle
             timer.start()
@@ -196,7 +204,7 @@ class LocalFederation:
             finally:
                 timer.cancel()
         seconds = time.perf_counter() - started
-        listing = subprocess.run([self.flwr, "ls", "local", "--format", "json"], cwd=REPO, env=self.env,
+        listing = subprocess.run([self.flwr, "ls", "local", "--format", "json"], cwd=self.app, env=self.env,
                                  capture_output=True, text=True, timeout=60)  # fmt: skip
         try:
             status = json.loads(listing.stdout)["runs"][-1]["status"]

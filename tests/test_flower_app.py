@@ -92,10 +92,11 @@ SMALL_RUN = ["partition.n_clients=3", "simulation.subsample=3000", "simulation.n
 
 
 def _run_simulation(args: list[str], log_file: Path, data_dir: Path, timeout: float = 600, on_poll=None):
-    """``python -m simulation ARGS`` with its whole process tree watched (see devtools.process_tree)."""
+    """``python -m simulation ARGS`` with its whole process tree watched (see devtools.process_tree), started
+    as a venv's python is when the venv is not activated: Flower's commands are not on PATH."""
     from devtools.process_tree import run_watched
 
-    env = {**os.environ, "BOTDEFENDER_DATA_DIR": str(data_dir)}
+    env = {**os.environ, "BOTDEFENDER_DATA_DIR": str(data_dir), "PATH": os.pathsep.join(("/usr/bin", "/bin"))}
     return run_watched([sys.executable, "-m", "simulation", *args], cwd=REPO, log_file=log_file, env=env,
                        timeout=timeout, interval=0.3, on_poll=on_poll)  # fmt: skip
 

@@ -217,3 +217,37 @@ def test_very_skewed_honest_partitions_lose_weight_to_the_cap_but_no_client(unsw
     sizes = np.array([len(p) for p in parts])
     assert all(v.accepted for v in verdicts)
     assert [v.index for v in verdicts if v.weight < 1] == list(np.flatnonzero(sizes > 6 * np.median(sizes)))
+
+
+class QueryGrid:
+    """The statistics query's side of a Grid: node -> its reply content, an Error, or None (no reply)."""
+
+    def __init__(self, answers: dict) -> None:
+        self.answers = answers
+
+    def send_and_receive(self, messages, timeout):
+        from flwr.app import Message
+
+        for message in messages:
+            answer = self.answers[message.metadata.dst_node_id]
+            if answer is not None:
+                yield Message(answer, reply_to=message)
+
+
+def test_a_node_answering_the_statistics_query_with_an_error_is_left_out_not_fatal(task_identity):
+    """One failing node (its data unreadable) used to end the whole run before any training."""
+    from flwr.app import Error
+
+    from fl_server.nodes import query_pipeline_state
+
+    shards = honest(4)
+    answers = {11: records(shards[0], partition_id=0), 12: records(shards[1], partition_id=1),
+               13: Error(code=0, reason="FlowDataError: /data/part3.csv: empty file"), 14: None}  # fmt: skip
+    state, ranks = query_pipeline_state(QueryGrid(answers), [11, 12, 13, 14], SETTINGS, timeout=5, min_replies=2)
+    reference = plain_state(shards[:2], SETTINGS)
+    assert state.mean == reference.mean and state.std == reference.std
+    assert ranks == {11: 0, 12: 1}
+    failed = state.info["statistics_query"]["failed"]
+    assert len(failed) == 2 and "node 13: FlowDataError" in failed[0] and "node 14: no reply" in failed[1]
+    with pytest.raises(RuntimeError, match="2 usable replies from 4 nodes, fewer than the 3 needed; node 13"):
+        query_pipeline_state(QueryGrid(answers), [11, 12, 13, 14], SETTINGS, timeout=5, min_replies=3)

@@ -48,12 +48,14 @@ def _count(n: int, fraction: float, what: str) -> int:
     return 0 if fraction == 0 else max(1, int(round(fraction * n)))
 
 
-def _chronological(positions: np.ndarray, starts: np.ndarray, test_fraction: float,
-                   val_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def _chronological(positions: np.ndarray, starts: np.ndarray, test_fraction: float, val_fraction: float,
+                   strict: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     ordered = positions[np.argsort(starts[positions], kind="stable")]
     n_test, n_val = _count(len(ordered), test_fraction, "test_fraction"), _count(len(ordered), val_fraction,
                                                                                "val_fraction")  # fmt: skip
     n_train = len(ordered) - n_test - n_val
+    if n_train < 1 and not strict:  # a site too small to give up windows keeps them all for training
+        return ordered, ordered[:0], ordered[:0]
     if n_train < 1:
         raise ValueError(f"{len(ordered)} window(s) cannot give {n_val} validation and {n_test} test window(s) and "
                          "still leave one for training: use smaller windows or fractions")  # fmt: skip
@@ -61,15 +63,16 @@ def _chronological(positions: np.ndarray, starts: np.ndarray, test_fraction: flo
 
 
 def chronological_split(starts: np.ndarray, test_fraction: float = 0.2, val_fraction: float = 0.1,
-                        sites: np.ndarray | None = None) -> WindowSplit:  # fmt: skip
+                        sites: np.ndarray | None = None, *, strict: bool = True) -> WindowSplit:  # fmt: skip
     """Per site, its earliest windows train, the next ones validate and its latest ones test (shares of its
-    windows, at least one where the share is > 0). ``starts`` are the windows' start times."""
+    windows, at least one where the share is > 0). ``starts`` are the windows' start times. A site with too few
+    windows raises ValueError, or with ``strict=False`` keeps all its windows for training."""
     starts = np.asarray(starts, dtype=np.float64)
     sites = np.zeros(len(starts), dtype=object) if sites is None else np.asarray(sites, dtype=object)
     parts: list[list[np.ndarray]] = [[], [], []]
     for site in sorted(set(sites.tolist()), key=str):
         for part, side in zip(parts, _chronological(np.flatnonzero(sites == site), starts, test_fraction,
-                                                    val_fraction)):  # fmt: skip
+                                                    val_fraction, strict)):  # fmt: skip
             part.append(side)
     return WindowSplit(*(np.sort(np.concatenate(p)).astype(np.int64) if p else np.zeros(0, np.int64) for p in parts))
 
@@ -77,7 +80,7 @@ def chronological_split(starts: np.ndarray, test_fraction: float = 0.2, val_frac
 def leave_one_site_out(starts: np.ndarray, sites: np.ndarray, test_site: str,
                        val_fraction: float = 0.1) -> WindowSplit:  # fmt: skip
     """Every window of ``test_site`` tests; the other sites train on their earlier windows and validate on their
-    latest ``val_fraction`` (per site)."""
+    latest ``val_fraction`` (per site; a site with too few windows trains on all of them)."""
     sites = np.asarray(sites, dtype=object)
     if test_site not in set(sites.tolist()):
         raise ValueError(f"site {test_site!r} has no window; sites: {sorted(set(map(str, sites.tolist())))}")
@@ -85,7 +88,7 @@ def leave_one_site_out(starts: np.ndarray, sites: np.ndarray, test_site: str,
     rest = np.flatnonzero(sites != test_site)
     if len(rest) == 0:
         raise ValueError(f"leave-one-site-out needs a second site besides {test_site!r}")
-    inner = chronological_split(np.asarray(starts)[rest], 0.0, val_fraction, sites[rest])
+    inner = chronological_split(np.asarray(starts)[rest], 0.0, val_fraction, sites[rest], strict=False)
     return WindowSplit(rest[inner.train].astype(np.int64), rest[inner.val].astype(np.int64), test)
 
 

@@ -38,6 +38,10 @@ class Detector(ABC):
     """
 
     name: str = "detector"
+    #: what ``fit`` and ``predict_proba`` read: "flow_rows" (a float32 matrix of encoded rows) or "host_graphs"
+    #: (a list of :class:`flows.graphs.HostGraph`, one probability per edge; such a detector may add
+    #: ``predict_host_proba``, one probability per node)
+    input_kind: str = "flow_rows"
 
     @abstractmethod
     def fit(

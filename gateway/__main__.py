@@ -53,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
         policy = HostPolicy(window=args.window, min_flows=args.min_flows, isolate_share=args.isolate_share,
                             release_share=args.release_share)  # fmt: skip
         report = serve(args.bundle, args.source, fmt=args.format, follow=args.follow, idle_exit=args.idle_exit,
-                       batch_size=args.batch, variant=args.variant, out=out, host_sink=args.host_sink or None,
+                       batch_size=args.batch, variant=args.variant, out=out, host_sink=args.host_sink or ["stdout"],
                        policy=policy, num_threads=args.threads)  # fmt: skip
     except (BundleError, SchemaMismatchError, SourceError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -133,7 +133,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--variant", choices=["fp32", "int8"], help="default: the bundle's default model")
     run.add_argument("--threads", type=int, default=1)
     run.add_argument("--out", help="append flow verdicts to this file (default: stdout)")
-    run.add_argument("--host-sink", default="stdout", help="stdout, file:PATH, or '' for none")
+    run.add_argument("--host-sink", action="append",
+                     help="stdout (default), file:PATH, sdn:URL or '' for none; repeat it for several sinks, which "
+                          "get each host verdict in the order given")  # fmt: skip
     run.add_argument("--window", type=float, default=60.0, help="host window, seconds")
     run.add_argument("--min-flows", type=int, default=10)
     run.add_argument("--isolate-share", type=float, default=0.8)

@@ -1,8 +1,9 @@
 """The verdict service: a flow source -> batches -> the bundle's model -> flow verdicts (JSON lines) and host
 verdicts to a pluggable sink. numpy + ai-edge-litert only: nothing here imports torch, flwr, sklearn or pandas.
 
-Host sinks (``--host-sink``): ``stdout``, ``file:PATH`` (JSON lines, appended), ``sdn:URL`` (the isolation hook,
-:mod:`sdn.hook`); :func:`register_sink` adds more.
+Host sinks (``--host-sink``, repeatable: each host verdict goes to every sink, in the order given): ``stdout``,
+``file:PATH`` (JSON lines, appended), ``sdn:URL`` (the isolation hook, :mod:`sdn.hook`); :func:`register_sink` adds
+more.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
@@ -117,9 +118,9 @@ class ServeReport:
 class VerdictService:
     """Turns records into verdicts, batch by batch."""
 
-    def __init__(self, bundle: Bundle, model: VerdictModel, out: IO[str], sink: HostSink | None,
+    def __init__(self, bundle: Bundle, model: VerdictModel, out: IO[str], sinks: Sequence[HostSink],
                  policy: HostPolicy | None = None) -> None:  # fmt: skip
-        self.bundle, self.model, self.out, self.sink = bundle, model, out, sink
+        self.bundle, self.model, self.out, self.sinks = bundle, model, out, list(sinks)
         self.hosts = HostTracker(policy)
         self.report = ServeReport()
 
@@ -147,8 +148,8 @@ class VerdictService:
                     hosts = self.report.isolated if verdict.action == "isolate" else self.report.released
                     if verdict.host not in hosts:  # each host once; re-assertions are counted in host_verdicts
                         hosts.append(verdict.host)
-                    if self.sink is not None:
-                        self.sink.emit(verdict)
+                    for sink in self.sinks:  # in the order given: each has the verdict before the next
+                        sink.emit(verdict)
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()
         self.report.scored += len(kept)
@@ -174,25 +175,43 @@ class VerdictService:
         return self.report
 
 
+def make_sinks(specs: str | Sequence[str] | None) -> list[HostSink]:
+    """The host sinks of ``specs`` (one spec, several, or None/'' for none); on a bad spec, the sinks already
+    opened are closed again before the error is raised."""
+    specs = [specs] if isinstance(specs, str) else list(specs or [])
+    sinks: list[HostSink] = []
+    try:
+        for spec in specs:
+            if spec:
+                sinks.append(make_sink(spec))
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
+    return sinks
+
+
 def serve(bundle_dir: str | Path, source_path: str | Path, *, fmt: str = "auto", follow: bool = False,
           idle_exit: float = 0.0, batch_size: int = 256, variant: str | None = None, out: IO[str] | None = None,
-          host_sink: str | None = "stdout", policy: HostPolicy | None = None, num_threads: int = 1) -> dict:  # fmt: skip
+          host_sink: str | Sequence[str] | None = "stdout", policy: HostPolicy | None = None,
+          num_threads: int = 1) -> dict:  # fmt: skip
     """Run the service to the end of the source (or, following, until idle for ``idle_exit`` s); returns the
-    report as a dict."""
+    report as a dict. ``host_sink``: one sink spec or several (each host verdict goes to all, in order)."""
     from gateway.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
     model = VerdictModel(bundle, variant, num_threads=num_threads)
     source = FlowSource(source_path, fmt, follow=follow, idle_exit=idle_exit)
-    sink = make_sink(host_sink) if host_sink else None
-    service = VerdictService(bundle, model, out or sys.stdout, sink, policy)
+    sinks = make_sinks(host_sink)
+    service = VerdictService(bundle, model, out or sys.stdout, sinks, policy)
     try:
         report = service.run(source, batch_size)
     finally:
-        if sink is not None:
+        for sink in sinks:
             sink.close()
     result = report.as_dict(source.stats.lines)
     result["host_time"] = service.hosts.counts()  # records set aside by the stream's watermark, late ones
-    if sink is not None and hasattr(sink, "summary"):
-        result["host_sink"] = sink.summary()  # the isolation hook: delivered, retried, dead-lettered, pending
+    summaries = [sink.summary() for sink in sinks if hasattr(sink, "summary")]
+    if summaries:  # the isolation hook: delivered, retried, dead-lettered, pending
+        result["host_sink"] = summaries[0] if len(summaries) == 1 else summaries
     return result

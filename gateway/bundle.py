@@ -20,26 +20,39 @@ flow, in batches of an exported batch size); ``family`` and ``family_params`` re
 
 Model files are stored xz-compressed (``compression: "xz"``, the export's default) or as plain .tflite
 (``"none"``; every schema-1 bundle). The runtime decompresses them in memory with the standard library's lzma.
-Every file a bundle names is checked against its sha256 (of the stored bytes) on load; a bundle whose schema this
-code does not know, whose gateway input this runtime cannot feed, or whose pipeline does not match its declared
-features, is refused with a clear error.
+Loading a bundle checks the manifest against its schema first (:mod:`gateway.manifest`: field types, sizes, the
+rules between fields), then every file it names: a regular file directly inside the folder (no symbolic link, no
+path), at most ``MAX_MODEL_BYTES``, with the sha256 the manifest records (of the stored bytes); then the pipeline
+against the declared features. An xz model file is unpacked with output bounded by its recorded ``tflite_bytes``
+and memory bounded by twice that plus 8 MiB (the exporter's dictionary is at most twice the model), and refused
+unless it unpacks to exactly that size. Every refusal is a :class:`BundleError` naming the file and the reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from flows.pipeline_state import PipelineState, PipelineStateError
+from gateway.manifest import (  # noqa: F401 (COMPRESSIONS, GATEWAY_INPUTS, READABLE_SCHEMAS: imported from here)
+    COMPRESSIONS,
+    GATEWAY_INPUTS,
+    LEGACY_GATEWAY_INPUT,
+    MAX_MANIFEST_BYTES,
+    MAX_MODEL_BYTES,
+    READABLE_SCHEMAS,
+    ManifestError,
+    check_manifest,
+)
 
 BUNDLE_SCHEMA = 3
-READABLE_SCHEMAS = (1, 2, 3)  # 1: plain .tflite files only; 1 and 2: no family or gateway_input recorded
-GATEWAY_INPUTS = ("flow_rows",)  # what this runtime can feed a model
-LEGACY_GATEWAY_INPUT = "flow_rows"  # the input of every bundle written before gateway_input was recorded
-COMPRESSIONS = ("xz", "none")
 MANIFEST = "manifest.json"
+XZ_MEMORY_SLACK = 8 << 20  # unpacking memory allowed beyond twice the model's size
 
 
 class BundleError(ValueError):
@@ -49,6 +62,44 @@ class BundleError(ValueError):
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _open_member(path: Path, limit: int) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file of at most ``limit`` bytes and not a symbolic link."""
+    try:
+        info = path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise BundleError(f"{path.parent}: file {path.name} named in the manifest is missing") from None
+    except OSError as err:
+        raise BundleError(f"{path}: cannot read ({err.strerror})") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise BundleError(f"{path} is a symbolic link; a bundle holds its files itself")
+    if not stat.S_ISREG(info.st_mode):
+        raise BundleError(f"{path} is not a regular file")
+    if info.st_size > limit:
+        raise BundleError(f"{path} is larger than {limit} bytes")
+    try:  # O_NOFOLLOW: a link swapped in after the check is not followed either
+        return os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)), "rb")
+    except OSError as err:
+        raise BundleError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def _read_member(path: Path, limit: int) -> bytes:
+    """The bytes of the bundle file ``path`` (see :func:`_open_member`), at most ``limit`` of them."""
+    with _open_member(path, limit) as handle:  # read(n) allocates n bytes first: ask for no more than the size
+        data = handle.read(min(limit, os.fstat(handle.fileno()).st_size) + 1)
+    if len(data) > limit:
+        raise BundleError(f"{path} is larger than {limit} bytes")
+    return data
+
+
+def _member_sha256(path: Path) -> str:
+    """The sha256 of the bundle file ``path`` (see :func:`_open_member`)."""
+    digest = hashlib.sha256()
+    with _open_member(path, MAX_MODEL_BYTES) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -113,21 +164,45 @@ class Bundle:
         return self.path / self.model_entry(variant, batch_size)["file"]
 
     def model_content(self, variant: str | None = None, batch_size: int | None = None) -> bytes:
-        """The .tflite flatbuffer of ``variant`` for ``batch_size`` (see :meth:`model_entry`), decompressed."""
+        """The .tflite flatbuffer of ``variant`` for ``batch_size`` (see :meth:`model_entry`), decompressed; its
+        size must be the entry's ``tflite_bytes`` where recorded (always, for xz)."""
         entry = self.model_entry(variant, batch_size)
         path = self.path / entry["file"]
-        stored = path.read_bytes()
-        if compression_of(entry) == "none":
-            return stored
-        try:
-            import lzma
-        except ImportError:  # a Python built without liblzma
-            raise BundleError(f"{path} is xz-compressed, but this Python has no lzma module; install one that has "
-                              "(Debian: python3 has it) or export the bundle with --compression none") from None
-        try:
-            return lzma.decompress(stored, format=lzma.FORMAT_XZ)
-        except lzma.LZMAError as err:
-            raise BundleError(f"{path}: not a valid xz file ({err})") from None
+        stored = _read_member(path, MAX_MODEL_BYTES)
+        expected = entry.get("tflite_bytes")
+        if compression_of(entry) == "xz":
+            return unpack_xz(path, stored, expected)
+        if expected is not None and len(stored) != expected:
+            raise BundleError(f"{path} holds {len(stored)} bytes, the manifest records {expected} (tflite_bytes)")
+        return stored
+
+
+def unpack_xz(path: Path, stored: bytes, expected: int) -> bytes:
+    """The ``expected`` bytes that the xz file ``stored`` (read from ``path``) unpacks to; output beyond them is
+    never produced, and the decoder may use at most twice ``expected`` plus ``XZ_MEMORY_SLACK`` of memory."""
+    try:
+        import lzma
+    except ImportError:  # a Python built without liblzma
+        raise BundleError(f"{path} is xz-compressed, but this Python has no lzma module; install one that has "
+                          "(Debian: python3 has it) or export the bundle with --compression none") from None
+    memory = 2 * expected + XZ_MEMORY_SLACK
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=memory)
+    try:
+        content = decompressor.decompress(stored, max_length=expected + 1)
+    except lzma.LZMAError as err:
+        if "memory" in str(err).lower():
+            raise BundleError(f"{path}: unpacking needs more than {memory} bytes of memory ({err}); a model of "
+                              f"{expected} bytes needs less") from None  # fmt: skip
+        raise BundleError(f"{path}: not a valid xz file ({err})") from None
+    if len(content) > expected:
+        raise BundleError(f"{path}: unpacks to more than the {expected} bytes the manifest records (tflite_bytes)")
+    if not decompressor.eof:
+        raise BundleError(f"{path}: not a valid xz file (truncated: the stream ends early)")
+    if decompressor.unused_data:
+        raise BundleError(f"{path}: data after the end of the xz stream")
+    if len(content) != expected:
+        raise BundleError(f"{path}: unpacks to {len(content)} bytes, the manifest records {expected} (tflite_bytes)")
+    return content
 
 
 def compression_of(entry: dict) -> str:
@@ -145,65 +220,53 @@ def compress_model(content: bytes) -> bytes:
     return lzma.compress(content, format=lzma.FORMAT_XZ, filters=filters)
 
 
-def _check_family(manifest: dict, manifest_path: Path) -> None:
-    """The family fields, where present: a family name, its parameters as an object, a gateway input this runtime
-    can feed."""
-    if "family" in manifest and not (isinstance(manifest["family"], str) and manifest["family"]):
-        raise BundleError(f"{manifest_path}: 'family' must be a model family name, got {manifest['family']!r}")
-    if "family_params" in manifest and not isinstance(manifest["family_params"], dict):
-        raise BundleError(f"{manifest_path}: 'family_params' must be an object, got "
-                          f"{type(manifest['family_params']).__name__}")  # fmt: skip
-    kind = manifest.get("gateway_input", LEGACY_GATEWAY_INPUT)
-    if kind not in GATEWAY_INPUTS:
-        raise BundleError(f"{manifest_path}: gateway input {kind!r} (family {manifest.get('family')!r}) is not one "
-                          f"this gateway can feed ({', '.join(GATEWAY_INPUTS)}); update the gateway")  # fmt: skip
-
-
-def load_bundle(bundle_dir: str | Path) -> Bundle:
-    """Read and verify a bundle; raises :class:`BundleError` with the reason."""
-    bundle_dir = Path(bundle_dir)
-    manifest_path = bundle_dir / MANIFEST
-    if not manifest_path.is_file():
+def _read_manifest(bundle_dir: Path) -> object:
+    """The parsed ``manifest.json`` of ``bundle_dir`` (a regular file of at most ``MAX_MANIFEST_BYTES``)."""
+    path = bundle_dir / MANIFEST
+    if not os.path.lexists(path):
         raise BundleError(f"{bundle_dir} is not a model bundle: no {MANIFEST}")
+    data = _read_member(path, MAX_MANIFEST_BYTES)
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{manifest_path}: not valid JSON ({err})") from None
-    schema = manifest.get("bundle_schema")
-    if schema not in READABLE_SCHEMAS:
-        raise BundleError(f"{manifest_path}: bundle schema {schema!r} is not supported (this gateway reads "
-                          f"{', '.join(map(str, READABLE_SCHEMAS))}); export the bundle again with a matching "
-                          "version")  # fmt: skip
-    missing = [k for k in ("model_version", "features", "pipeline", "threshold", "models", "default_model",
-                           "batch_sizes", "files") if k not in manifest]  # fmt: skip
-    if schema >= 3:
-        missing += [k for k in ("family", "family_params", "gateway_input") if k not in manifest]
-    if missing:
-        raise BundleError(f"{manifest_path}: missing field(s) {', '.join(missing)}")
-    _check_family(manifest, manifest_path)
-    for entry in manifest["models"].values():
-        if entry["file"] not in manifest["files"]:
-            raise BundleError(f"{manifest_path}: model file {entry['file']} has no sha256 in 'files'")
-        if compression_of(entry) not in COMPRESSIONS:
-            raise BundleError(f"{manifest_path}: model file {entry['file']} has unknown compression "
-                              f"{entry['compression']!r} (this gateway reads {', '.join(COMPRESSIONS)})")  # fmt: skip
-    for name, expected in manifest["files"].items():
-        path = bundle_dir / name
-        if Path(name).name != name:
-            raise BundleError(f"{manifest_path}: file name {name!r} must not contain a path")
-        if not path.is_file():
-            raise BundleError(f"{bundle_dir}: file {name} named in the manifest is missing")
-        actual = sha256_of(path)
-        if actual != expected:
-            raise BundleError(f"{path}: sha256 {actual[:16]}... does not match the manifest's {expected[:16]}...; "
-                              "the file was changed or damaged after export")  # fmt: skip
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise BundleError(f"{path}: not valid JSON (nested too deeply)") from None
+    except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError, or an integer past Python's digit limit
+        raise BundleError(f"{path}: not valid JSON ({err})") from None
+
+
+def _pipeline(manifest: dict, manifest_path: Path) -> PipelineState:
+    """The manifest's pipeline, which must produce the declared features from the declared input columns."""
     try:
         pipeline = PipelineState.from_dict(manifest["pipeline"])
     except (PipelineStateError, TypeError) as err:
         raise BundleError(f"{manifest_path}: pipeline: {err}") from None
     features = manifest["features"]
-    if list(features.get("encoded", [])) != pipeline.output_names:
-        raise BundleError(f"{manifest_path}: the declared encoded features differ from what the pipeline produces")
-    if list(features.get("input_columns", [])) != pipeline.input_columns:
-        raise BundleError(f"{manifest_path}: the declared input columns differ from what the pipeline reads")
-    return Bundle(path=bundle_dir, manifest=manifest, pipeline=pipeline)
+    if features["encoded"] != pipeline.output_names:
+        raise BundleError(f"{manifest_path}: 'features.encoded': the declared encoded features differ from what the "
+                          "pipeline produces")  # fmt: skip
+    if features["input_columns"] != pipeline.input_columns:
+        raise BundleError(f"{manifest_path}: 'features.input_columns': the declared input columns differ from what "
+                          "the pipeline reads")  # fmt: skip
+    if features["n_features"] != pipeline.n_outputs:
+        raise BundleError(f"{manifest_path}: 'features.n_features' must be the pipeline's number of encoded features "
+                          f"({pipeline.n_outputs}), got {features['n_features']}")  # fmt: skip
+    return pipeline
+
+
+def load_bundle(bundle_dir: str | Path) -> Bundle:
+    """Read and verify a bundle: the manifest's schema, every named file, the pipeline; raises
+    :class:`BundleError` with the reason."""
+    bundle_dir = Path(bundle_dir)
+    manifest_path = bundle_dir / MANIFEST
+    manifest = _read_manifest(bundle_dir)
+    try:
+        check_manifest(manifest)
+    except ManifestError as err:
+        raise BundleError(f"{manifest_path}: {err}") from None
+    for name, expected in manifest["files"].items():
+        path = bundle_dir / name
+        actual = _member_sha256(path)
+        if actual != expected:
+            raise BundleError(f"{path}: sha256 {actual[:16]}... does not match the manifest's {expected[:16]}...; "
+                              "the file was changed or damaged after export")  # fmt: skip
+    return Bundle(path=bundle_dir, manifest=manifest, pipeline=_pipeline(manifest, manifest_path))

@@ -161,11 +161,15 @@ def remove_previous_bundle(out_dir: Path) -> None:
     if not manifest_path.is_file():
         return
     try:
-        names = json.loads(manifest_path.read_text(encoding="utf-8")).get("files", {})
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as err:
         raise ExportError(f"{manifest_path} is not a bundle manifest ({err}); choose another --out") from None
+    names = manifest.get("files", {}) if isinstance(manifest, dict) else None
+    if not isinstance(names, dict) or not all(isinstance(name, str) for name in names):
+        raise ExportError(f"{manifest_path} is not a bundle manifest (no 'files' object of file names); choose "
+                          "another --out")  # fmt: skip
     for name in names:
-        if Path(name).name == name:
+        if name and Path(name).name == name:
             (out_dir / name).unlink(missing_ok=True)
     manifest_path.unlink()
 

@@ -408,3 +408,19 @@ def test_mutations_of_a_real_manifest_are_loaded_or_refused_with_a_bundle_error(
         _mutate(manifest, path, action, data.draw(JSON, label="value"))
     _write(copy, manifest)
     _load_and_use(copy)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"bundle"', "null", '{"files": ["a.tflite"]}', '{"files": {"a": 1}}',
+                                  "[" * 100_000])  # fmt: skip
+def test_exporting_over_a_folder_whose_manifest_is_not_an_object_is_refused_cleanly(tmp_path, text):
+    from gateway.export import ExportError, remove_previous_bundle
+
+    (tmp_path / "manifest.json").write_text(text)
+    if text == '{"files": {"a": 1}}':  # an object of file names: the named file goes, nothing else
+        (tmp_path / "a").write_text("x")
+        (tmp_path / "keep").write_text("y")
+        remove_previous_bundle(tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+        return
+    with pytest.raises(ExportError, match="is not a bundle manifest"):
+        remove_previous_bundle(tmp_path)

@@ -3,7 +3,7 @@
     python -m simulation.centralized                       # protocol=paper, seed 0
     python -m simulation.centralized protocol=clean seeds=[0,1,2]
     python -m simulation.centralized -m protocol=paper,clean
-    python -m simulation.centralized model=gcn dataset=unsw_nb15_raw   # a host-graph model beside `beside`
+    python -m simulation.centralized model=NAME dataset=unsw_nb15_raw   # one model beside `beside`
 
 Writes into the Hydra run directory: ``metrics.json`` (per seed and model: accuracy, precision, recall, f1,
 roc_auc, confusion matrix, train seconds, model bytes; medians over seeds), ``results.md`` and PNG plots.

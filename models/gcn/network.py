@@ -46,9 +46,9 @@ class HostGraphNet(nn.Module):
         """Host embeddings (N, hidden)."""
         h = torch.relu(self.node_in(x))
         both_ways = torch.cat([edge_index, edge_index.flip(0)], dim=1)  # GCN: a flow links both hosts
-        for conv in self.convs:
-            h = conv(h, both_ways) if self.variant == "gcn" else conv(h, edge_index, edge_attr)
-            h = self.dropout(torch.relu(h))
+        for conv in self.convs:  # residual: a host keeps its own traffic beside its neighbourhood's
+            out = conv(h, both_ways) if self.variant == "gcn" else conv(h, edge_index, edge_attr)
+            h = h + self.dropout(torch.relu(out))
         return h
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor,

@@ -1,10 +1,12 @@
 """Records -> the model's input rows with the bundle's pipeline (numpy only).
 
 A batch of records is normalised by its source's layout (:mod:`flows.normalise`, the code the training readers
-run), so the pipeline sees exactly the values training saw. A feature cell the pipeline reads that is not a
-number makes its record malformed (counted, dropped); NaN and inf follow the pipeline's policy: ``impute`` keeps
+run), so the pipeline sees exactly the values training saw. A record with a cell outside its domain (any column:
+overlong, control characters, a negative or out-of-range or fractional count, a bad address or port; the
+reasons of :data:`flows.normalise.DOMAIN_REASONS`) is malformed: counted under that reason, dropped. So is one
+whose feature cell the pipeline reads is not a number; NaN and inf follow the pipeline's policy: ``impute`` keeps
 the record (the pipeline imputes), ``error`` drops it as malformed. Unknown categories go to the pipeline's unknown
-bucket. Labels and addresses are metadata: a bad one never drops a record.
+bucket. A bad label is metadata (a served capture need not carry labels): it never drops a record.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flows.normalise import NON_NUMERIC, UNLABELLED
+from flows.normalise import BAD_LABEL, NON_FINITE, NON_NUMERIC, REASON_ORDER, UNLABELLED, Normalised
 from flows.pipeline_state import PipelineState
 from gateway.sources import Record
 
@@ -55,22 +57,31 @@ def _runs(records: Sequence[Record]) -> list[list[Record]]:
     return runs
 
 
+def malformed_rows(batch: Normalised, pipeline: PipelineState, malformed: Counter) -> np.ndarray:
+    """Rows to drop, each counted in ``malformed`` under its first reason in the readers' order: any problem but a
+    bad label, where a number that is not one (or not finite, unless the pipeline imputes) counts in the features
+    the pipeline reads only."""
+    numeric = pipeline.kept_numeric
+    finite = np.ones(batch.n, dtype=bool)
+    for column in numeric:
+        finite &= np.isfinite(batch.numeric[column])
+    non_numeric = batch.bad_rows([NON_NUMERIC], numeric)
+    masks = {NON_NUMERIC: non_numeric, NON_FINITE: ~finite & ~non_numeric & (pipeline.nonfinite != "impute")}
+    bad = np.zeros(batch.n, dtype=bool)
+    for reason in (r for r in REASON_ORDER if r != BAD_LABEL):
+        rows = (masks[reason] if reason in masks else batch.bad_rows([reason])) & ~bad
+        if rows.any():
+            malformed[reason] += int(rows.sum())
+            bad |= rows
+    return bad
+
+
 def _encode_run(records: list[Record], pipeline: PipelineState, malformed: Counter) -> Encoded:
     layout = records[0].layout
     check_columns(pipeline, layout.features, f"a {layout.fmt} source")
     batch = layout.normalise_rows([r.fields for r in records])
+    keep = ~malformed_rows(batch, pipeline, malformed)
     numeric = pipeline.kept_numeric
-    non_numeric = batch.bad_rows([NON_NUMERIC], numeric)
-    finite = np.ones(batch.n, dtype=bool)
-    for column in numeric:
-        finite &= np.isfinite(batch.numeric[column])
-    non_finite = ~finite & ~non_numeric
-    if pipeline.nonfinite == "impute":
-        non_finite[:] = False
-    for reason, rows in (("non_numeric", non_numeric), ("non_finite", non_finite)):
-        if rows.any():
-            malformed[reason] += int(rows.sum())
-    keep = ~(non_numeric | non_finite)
     kept = batch.take(keep)
     records = [r for r, k in zip(records, keep) if k]
     labels = kept.label if kept.label is not None else np.full(kept.n, UNLABELLED, np.int8)

@@ -2,10 +2,12 @@
 (partitioned, with a header, or raw, 49 columns with IPs) and Zeek conn logs (tab-separated with ``#`` headers,
 or the CSV export with a header row), optionally following a growing file like ``tail -f``.
 
-Lines are split into cells with the source's :class:`flows.normalise.Layout`, the same one the training readers
+Lines end as the training readers' do (``\\n``, ``\\r\\n`` or a lone ``\\r``: :func:`flows.normalise.split_lines`)
+and are split into cells with the source's :class:`flows.normalise.Layout`, the same one the training readers
 use; :mod:`gateway.encode` normalises a batch of records with it. A line that cannot be a record (wrong field
 count, undecodable text, a record before a Zeek ``#fields`` header) is counted under a reason and skipped, never
-fatal.
+fatal. A source that cannot be read at all raises :class:`SourceError`: a missing file, an unknown format, a
+compressed file, a header without the columns its format's normalisation reads.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flows.normalise import FORMATS as LAYOUT_FORMATS
-from flows.normalise import Layout, UnswRaw, ZeekLog, detect_format, header_layout
+from flows.normalise import (
+    Layout,
+    UnswRaw,
+    ZeekLog,
+    compression,
+    detect_format,
+    header_layout,
+    split_lines,
+    without_bom,
+)
 
 FORMATS = ("auto", *LAYOUT_FORMATS)
 
@@ -66,6 +77,11 @@ class FlowSource:
         self.path = Path(path)
         if not self.path.is_file():
             raise SourceError(f"source not found: {self.path}")
+        with open(self.path, "rb") as handle:
+            packed = compression(handle.read(16))
+        if packed is not None:
+            raise SourceError(f"{self.path} looks like a {packed[0]}-compressed file; decompress it first "
+                              f"(e.g. {packed[1]} the file)")  # fmt: skip
         self.fmt = fmt
         self.follow = follow
         self.idle_exit = idle_exit  # following: stop after this many seconds without new lines (0: never)
@@ -84,21 +100,24 @@ class FlowSource:
             pending = b""
             number = 0
             idle_since = time.monotonic()
+            after_cr = False  # the last line ended with \r: a \n that follows completes its \r\n
             while True:
                 chunk = handle.readline()
                 if chunk:
+                    if after_cr and not pending and chunk.startswith(b"\n"):
+                        chunk = chunk[1:]
                     pending += chunk
-                    if not pending.endswith(b"\n") and self.follow:
+                    after_cr = False
+                    if not pending.endswith((b"\n", b"\r")) and self.follow:
                         continue  # a line still being written
-                    number += 1
-                    raw, pending = pending, b""
                     idle_since = time.monotonic()
-                    try:
-                        text = raw.decode("utf-8").rstrip("\r\n")
-                    except UnicodeDecodeError:
-                        self._malformed("not_utf8")
-                        continue
-                    yield number, text.lstrip("\ufeff") if number == 1 else text
+                    after_cr = pending.endswith(b"\r")
+                    pieces, pending = split_lines(pending), b""
+                    for raw in pieces[:-1] if pieces[-1] == b"" else pieces:
+                        number += 1
+                        text = self._decoded(raw)
+                        if text is not None:
+                            yield number, without_bom(text)
                     continue
                 if self.follow:
                     rotated = self._rotation(handle)
@@ -108,7 +127,7 @@ class FlowSource:
                     elif rotated == "truncated":
                         handle.seek(0)
                     if rotated:
-                        pending, number = b"", 0
+                        pending, number, after_cr = b"", 0, False
                         continue
                 if not self.follow or (self.idle_exit and time.monotonic() - idle_since >= self.idle_exit):
                     return
@@ -116,6 +135,13 @@ class FlowSource:
                 time.sleep(self.poll)
         finally:
             handle.close()
+
+    def _decoded(self, raw: bytes) -> str | None:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self._malformed("not_utf8")
+            return None
 
     def _rotation(self, handle) -> str | None:
         """``replaced`` when another file now lies at the path, ``truncated`` when the open one shrank below the
@@ -138,7 +164,7 @@ class FlowSource:
                 self.fmt = detect_format(line)
             if self.fmt in ("unsw", "zeek_csv") and (self.layout is None or (number == 1 and
                                                                        detect_format(line) == self.fmt)):
-                self.layout = header_layout(self.fmt, line)  # the header; again at the top of a rotated file
+                self.layout = self._checked(header_layout(self.fmt, line), number)  # again atop a rotated file
                 continue
             if self.layout is None and self.fmt == "unsw_raw":
                 self.layout = UnswRaw()
@@ -158,8 +184,17 @@ class FlowSource:
         if key in self._zeek_markers:
             self._zeek_markers[key] = value.strip()
         elif key == "fields":
-            self.layout = ZeekLog.from_fields_line(line, self._zeek_markers["unset_field"],
-                                                   self._zeek_markers["empty_field"])  # fmt: skip
+            self.layout = self._checked(ZeekLog.from_fields_line(line, self._zeek_markers["unset_field"],
+                                                                 self._zeek_markers["empty_field"]), None)  # fmt: skip
+
+    def _checked(self, layout: Layout, number: int | None) -> Layout:
+        """``layout`` if its header names every column its normalisation reads, else a :class:`SourceError`."""
+        missing = layout.missing()
+        if missing:
+            where = f"line {number}" if number else "its #fields line"
+            raise SourceError(f"{self.path}: the header ({where}) lacks column(s) {', '.join(missing[:5])}"
+                              f"{' ...' if len(missing) > 5 else ''} that a {layout.fmt} source needs")  # fmt: skip
+        return layout
 
     def _record(self, number: int, line: str) -> Record | None:
         if self.layout is None:

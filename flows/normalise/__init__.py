@@ -8,16 +8,25 @@ A source's :class:`Layout` names its columns, splits a line into cells and norma
 from __future__ import annotations
 
 from flows.normalise.cells import (
+    BAD_ADDRESS,
     BAD_LABEL,
     BAD_PORT,
+    CONTROL_CHARACTERS,
+    DOMAIN_REASONS,
+    FIELD_TOO_LONG,
+    NEGATIVE,
     NON_FINITE,
     NON_NUMERIC,
+    NOT_INTEGER,
+    OUT_OF_RANGE,
+    REASON_ORDER,
     UNLABELLED,
     UNSET,
     Normalised,
     Problem,
 )
-from flows.normalise.layout import Layout, split_csv_line
+from flows.normalise.domains import MAX_CELL
+from flows.normalise.layout import Layout, compression, split_csv_line, split_lines, without_bom
 from flows.normalise.unsw import PARTITIONED_COLUMNS, UnswPartitioned, UnswRaw
 from flows.normalise.zeek import ZeekCsv, ZeekLog, is_zeek_csv_header
 from flows.schema import header_columns
@@ -25,9 +34,10 @@ from flows.schema import header_columns
 FORMATS = ("unsw", "unsw_raw", "zeek", "zeek_csv")
 
 __all__ = [
-    "BAD_LABEL", "BAD_PORT", "FORMATS", "NON_FINITE", "NON_NUMERIC", "UNLABELLED", "UNSET", "Layout", "Normalised",
-    "Problem", "UnswPartitioned", "UnswRaw", "ZeekCsv", "ZeekLog", "detect_format", "header_layout",
-    "split_csv_line",
+    "BAD_ADDRESS", "BAD_LABEL", "BAD_PORT", "CONTROL_CHARACTERS", "DOMAIN_REASONS", "FIELD_TOO_LONG", "FORMATS",
+    "MAX_CELL", "NEGATIVE", "NON_FINITE", "NON_NUMERIC", "NOT_INTEGER", "OUT_OF_RANGE", "REASON_ORDER", "UNLABELLED",
+    "UNSET", "Layout", "Normalised", "Problem", "UnswPartitioned", "UnswRaw", "ZeekCsv", "ZeekLog", "compression",
+    "detect_format", "header_layout", "split_csv_line", "split_lines", "without_bom",
 ]  # fmt: skip
 
 

@@ -18,6 +18,17 @@ UNLABELLED = -1  # label of a record that carries no verdict (Stratosphere's Bac
 
 # problem reasons; the batch readers count non_numeric and non_finite together as "non_numeric_or_non_finite"
 NON_NUMERIC, NON_FINITE, BAD_LABEL, BAD_PORT = "non_numeric", "non_finite", "bad_label", "bad_port"
+# domain reasons (flows.normalise.domains): the readers count each under its own name, the gateway drops the record
+FIELD_TOO_LONG, CONTROL_CHARACTERS = "field_too_long", "control_characters"
+NEGATIVE, OUT_OF_RANGE, NOT_INTEGER, BAD_ADDRESS = "negative_value", "out_of_range", "not_integer", "bad_address"
+DOMAIN_REASONS = (FIELD_TOO_LONG, CONTROL_CHARACTERS, NEGATIVE, OUT_OF_RANGE, NOT_INTEGER, BAD_PORT, BAD_ADDRESS)
+# the order in which a record's problems are looked at, by the readers and the gateway: it is counted once, under
+# the first (the screen of every cell first: once a cell is overlong or garbled, its other problems follow from it)
+REASON_ORDER = (FIELD_TOO_LONG, CONTROL_CHARACTERS, NON_NUMERIC, NON_FINITE, NEGATIVE, OUT_OF_RANGE, NOT_INTEGER,
+                BAD_LABEL, BAD_PORT, BAD_ADDRESS)  # fmt: skip
+DESCRIPTIONS = {BAD_LABEL: "bad label", BAD_PORT: "bad port", FIELD_TOO_LONG: "field too long",
+                CONTROL_CHARACTERS: "control characters in a value", NEGATIVE: "negative value",
+                OUT_OF_RANGE: "value out of range", NOT_INTEGER: "not a whole number", BAD_ADDRESS: "bad address"}
 
 
 def column_array(values: Sequence[str]) -> np.ndarray:
@@ -50,16 +61,26 @@ def _float_or_nan(text: str) -> tuple[float, bool]:
         return float("nan"), True
 
 
+def _plain(text: str) -> bool:
+    return text.isascii() and "_" not in text
+
+
 def numbers(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(float64 values, mask of cells that are not numbers); NaN/inf text parses (to NaN/inf); surrounding
-    whitespace is ignored (Python's ``float``)."""
+    whitespace is ignored. Python's ``float`` also reads digit group underscores (``1_000``) and non-ASCII digits
+    (``١٢``): a flow file writes neither, so such cells are not numbers."""
     values = np.asarray(cells, dtype=object)
     try:
-        return values.astype(np.float64), np.zeros(len(values), dtype=bool)
+        out, bad = values.astype(np.float64), np.zeros(len(values), dtype=bool)
     except ValueError:  # some cell is not a number: parse cell by cell to find which
         parsed = [_float_or_nan(str(v)) for v in values]
-        return (np.fromiter((p[0] for p in parsed), np.float64, len(values)),
-                np.fromiter((p[1] for p in parsed), bool, len(values)))  # fmt: skip
+        out = np.fromiter((p[0] for p in parsed), np.float64, len(values))
+        bad = np.fromiter((p[1] for p in parsed), bool, len(values))
+    texts = values.tolist()  # the cells are str (or numpy str)
+    if not _plain("".join(texts)):
+        odd = ~np.fromiter((_plain(t) for t in texts), bool, len(texts))
+        out[odd], bad = np.nan, bad | odd
+    return out, bad
 
 
 def unset_as_zero(cells: np.ndarray, markers: Iterable[str]) -> tuple[np.ndarray, int]:
@@ -67,25 +88,6 @@ def unset_as_zero(cells: np.ndarray, markers: Iterable[str]) -> tuple[np.ndarray
     values = stripped(cells)
     unset = np.isin(values, list(markers))
     return np.where(unset, "0", values), int(unset.sum())
-
-
-def ports(cells: np.ndarray, *, hex_ok: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(port as float64, NaN where there is none (``-`` or blank), mask of bad cells): decimal, or ``0x`` hex
-    when ``hex_ok``; bad is anything else or outside 0-65535."""
-    values = np.strings.lower(stripped(cells))
-    missing = np.isin(values, ["-", ""])
-    is_hex = np.strings.startswith(values, "0x") if hex_ok else np.zeros(len(values), dtype=bool)
-    decimal = np.where(missing | is_hex, "0", values)
-    out, bad = numbers(decimal)
-    for i in np.flatnonzero(is_hex):
-        try:
-            out[i], bad[i] = float(int(str(values[i]), 16)), False
-        except ValueError:
-            out[i], bad[i] = np.nan, True
-    with np.errstate(invalid="ignore"):
-        bad |= ~bad & ((out < 0) | (out > 65535) | (out != np.floor(out)))
-    out[missing] = np.nan
-    return out, bad
 
 
 def labels_from(cells: np.ndarray, mapping: Mapping[str, int], *, lower: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +120,7 @@ class Problem:
             return "empty value" if not cell.strip() else "non-numeric value"
         if self.reason == NON_FINITE:
             return "non-finite value (NaN or inf)"
-        return {BAD_LABEL: "bad label", BAD_PORT: "bad port"}.get(self.reason, self.reason)
+        return DESCRIPTIONS.get(self.reason, self.reason)
 
 
 @dataclass
@@ -129,7 +131,8 @@ class Normalised:
     ``label`` is int8 (0 benign, 1 malicious, :data:`UNLABELLED` for records without a verdict) and ``family``
     the attack family (``Normal`` for benign); the metadata arrays are None where the source lacks them (ports and
     times float64 with NaN where a record has none). ``problems`` lists the cells outside their domain and
-    ``filled`` counts unset cells read as 0, per column.
+    ``filled`` counts unset cells read as 0, per column; ``unknown_family`` masks the records whose family is
+    not among the source's known families (kept: the readers count them in the table's notes).
     """
 
     n: int
@@ -144,6 +147,7 @@ class Normalised:
     start_time: np.ndarray | None = None
     problems: list[Problem] = field(default_factory=list)
     filled: dict[str, int] = field(default_factory=dict)
+    unknown_family: np.ndarray | None = None
 
     @property
     def features(self) -> list[str]:
@@ -179,6 +183,7 @@ class Normalised:
             categorical={k: v[keep] for k, v in self.categorical.items()}, label=pick(self.label),
             family=pick(self.family), src_ip=pick(self.src_ip), dst_ip=pick(self.dst_ip),
             src_port=pick(self.src_port), dst_port=pick(self.dst_port), start_time=pick(self.start_time),
+            unknown_family=pick(self.unknown_family),
         )  # fmt: skip
 
 

@@ -30,16 +30,15 @@ import numpy as np
 
 from flows.normalise.cells import (
     BAD_LABEL,
-    BAD_PORT,
     Normalised,
     Problem,
     categorical,
     labels_from,
     numeric_columns,
-    ports,
     stripped,
     unset_as_zero,
 )
+from flows.normalise.domains import AMOUNT, COUNT, Domain, addresses, check_domains, ports, unknown_families
 from flows.normalise.layout import Layout
 from flows.schema import (
     ATTACK_CAT,
@@ -67,6 +66,23 @@ DERIVED = ("rate",)  # computed for raw records (see the module docstring)
 PARTITIONED_COLUMNS = ("id", *NUMERIC, *CATEGORICAL, ATTACK_CAT, LABEL)  # membership only; order free
 BINARY_LABELS = {"0": 0, "1": 1}
 FAMILY_ALIASES = {"backdoors": "Backdoor", "": BENIGN_FAMILY, "normal": BENIGN_FAMILY}
+# the nine attack categories of UNSW-NB15 (NUSW-NB15_features.csv, UNSW-NB15_LIST_EVENTS.csv) and Normal
+FAMILIES = frozenset({BENIGN_FAMILY, "Analysis", "Backdoor", "DoS", "Exploits", "Fuzzers", "Generic",
+                      "Reconnaissance", "Shellcode", "Worms"})  # fmt: skip
+# domains from NUSW-NB15_features.csv's meanings; no column may be negative. is_ftp_login is "binary" there
+# but holds 2 in the 82,332-record partition, so it is only a whole number >= 0; is_sm_ips_ports is 0 or 1.
+DOMAINS = {
+    **{c: AMOUNT for c in ("dur", "rate", "sload", "dload", "sinpkt", "dinpkt", "sjit", "djit", "tcprtt",
+                           "synack", "ackdat", START_TIME)},
+    **{c: COUNT for c in ("spkts", "dpkts", "sbytes", "dbytes", "sloss", "dloss", "smean", "dmean",
+                          "trans_depth", "response_body_len", "ct_srv_src", "ct_state_ttl", "ct_dst_ltm",
+                          "ct_src_dport_ltm", "ct_dst_sport_ltm", "ct_dst_src_ltm", "is_ftp_login", "ct_ftp_cmd",
+                          "ct_flw_http_mthd", "ct_src_ltm", "ct_srv_dst")},
+    "sttl": Domain(255, integer=True), "dttl": Domain(255, integer=True),  # an IP time to live is 8 bits
+    "swin": Domain(65535, integer=True), "dwin": Domain(65535, integer=True),  # a TCP window field, 16 bits
+    "stcpb": Domain(2**32 - 1, integer=True), "dtcpb": Domain(2**32 - 1, integer=True),  # sequence numbers
+    "is_sm_ips_ports": Domain(1, integer=True),
+}  # fmt: skip
 
 
 def families(cells: np.ndarray) -> np.ndarray:
@@ -93,6 +109,18 @@ def _labels(cells: Mapping[str, np.ndarray], problems: list[Problem]) -> tuple[n
     return label, families(cells[ATTACK_CAT])
 
 
+def _batch(cells: Mapping[str, np.ndarray], numeric: dict[str, np.ndarray], problems: list[Problem],
+           derived: Sequence[str] = (), **metadata) -> Normalised:  # fmt: skip
+    """The normalised batch of both formats: the domains of the columns read (not ``derived``) checked, labels
+    and families read."""
+    check_domains(numeric, cells, {c: d for c, d in DOMAINS.items() if c not in derived}, problems)
+    numeric = {c: numeric[c] for c in NUMERIC}
+    label, family = _labels(cells, problems)
+    return Normalised(len(cells[LABEL]), numeric, {c: categorical(cells[c], lower=True) for c in CATEGORICAL},
+                      label, family, problems=problems, unknown_family=unknown_families(family, FAMILIES),
+                      **metadata)  # fmt: skip
+
+
 class UnswPartitioned(Layout):
     """The partitioned CSVs: a header row (names lower-cased), 45 columns."""
 
@@ -100,14 +128,12 @@ class UnswPartitioned(Layout):
     source = "unsw-nb15"
     numeric = NUMERIC
     categorical = CATEGORICAL
+    required = (*NUMERIC, *CATEGORICAL, ATTACK_CAT, LABEL)
+    known_families = FAMILIES
 
     def normalise(self, cells: Mapping[str, np.ndarray]) -> Normalised:
         problems: list[Problem] = []
-        numeric = numeric_columns(cells, NUMERIC, problems)
-        label, family = _labels(cells, problems)
-        n = len(cells[LABEL])
-        return Normalised(n, numeric, {c: categorical(cells[c], lower=True) for c in CATEGORICAL}, label, family,
-                          problems=problems)  # fmt: skip
+        return _batch(cells, numeric_columns(cells, NUMERIC, problems), problems)
 
 
 class UnswRaw(Layout):
@@ -117,6 +143,9 @@ class UnswRaw(Layout):
     source = "unsw-nb15-raw"
     numeric = NUMERIC
     categorical = CATEGORICAL
+    required = (SRC_IP, SRC_PORT, DST_IP, DST_PORT, START_TIME, *(c for c in NUMERIC if c not in DERIVED),
+                *CATEGORICAL, ATTACK_CAT, LABEL)  # fmt: skip
+    known_families = FAMILIES
 
     def __init__(self, published_names: Sequence[str] = UNSW_RAW_PUBLISHED_NAMES) -> None:
         super().__init__([unsw_canonical_name(n) for n in published_names])
@@ -131,18 +160,9 @@ class UnswRaw(Layout):
                 filled[column] = count
         measured = [c for c in NUMERIC if c not in DERIVED]
         numeric = numeric_columns(cells, [*measured, START_TIME], problems)
-        start_time = numeric.pop(START_TIME)
         numeric["rate"] = derived_rate(numeric["spkts"], numeric["dpkts"], numeric["dur"])
-        numeric = {c: numeric[c] for c in NUMERIC}
-        label, family = _labels(cells, problems)
-        port = {}
-        for column in (SRC_PORT, DST_PORT):
-            port[column], bad = ports(cells[column], hex_ok=True)
-            if bad.any():
-                problems.append(Problem(BAD_PORT, column, "a port 0-65535 (decimal or 0x hex) or '-'", bad,
-                                        cells[column]))  # fmt: skip
-        n = len(cells[LABEL])
-        return Normalised(n, numeric, {c: categorical(cells[c], lower=True) for c in CATEGORICAL}, label, family,
-                          src_ip=stripped(cells[SRC_IP]).astype(object), dst_ip=stripped(cells[DST_IP]).astype(object),
-                          src_port=port[SRC_PORT], dst_port=port[DST_PORT], start_time=start_time,
-                          problems=problems, filled=filled)  # fmt: skip
+        hosts = {key: addresses(cells[column], column, problems) for key, column in (("src_ip", SRC_IP),
+                                                                                     ("dst_ip", DST_IP))}  # fmt: skip
+        port = {column: ports(cells[column], column, problems, hex_ok=True) for column in (SRC_PORT, DST_PORT)}
+        return _batch(cells, numeric, problems, DERIVED, **hosts, src_port=port[SRC_PORT], dst_port=port[DST_PORT],
+                      start_time=numeric[START_TIME], filled=filled)  # fmt: skip

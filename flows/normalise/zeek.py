@@ -20,16 +20,15 @@ import numpy as np
 
 from flows.normalise.cells import (
     BAD_LABEL,
-    BAD_PORT,
     Normalised,
     Problem,
     categorical,
     labels_from,
     numeric_columns,
-    ports,
     stripped,
     unset_as_zero,
 )
+from flows.normalise.domains import AMOUNT, COUNT, addresses, check_domains, ports, unknown_families
 from flows.normalise.layout import Layout
 from flows.schema import BENIGN_FAMILY, IOT23_CATEGORICAL, IOT23_NUMERIC, IOT23_UNSET_AS_ZERO
 
@@ -40,6 +39,17 @@ LABELS = {"benign": 0, "malicious": 1, "background": -1}
 BACKGROUND = "Background"
 REQUIRED = (TS, ORIG_H, ORIG_P, RESP_H, RESP_P, *IOT23_NUMERIC, *IOT23_CATEGORICAL, LABEL_FIELD)
 WHITESPACE = re.compile(r"[ \t]+")
+# Zeek's types (#types): ts is a time, duration an interval, the others counts; none is ever negative
+DOMAINS = {TS: AMOUNT, "duration": AMOUNT, **{c: COUNT for c in IOT23_NUMERIC if c != "duration"}}
+# IoT-23's detailed labels as published with the data set, and this module's "Malicious" for a malicious record
+# without one; Stratosphere's logs (``detailedlabel``) come with no closed list, so their families are not checked
+IOT23_FAMILIES = frozenset({
+    BENIGN_FAMILY, BACKGROUND, "Malicious", "Attack", "C&C", "C&C-FileDownload", "C&C-HeartBeat",
+    "C&C-HeartBeat-Attack", "C&C-HeartBeat-FileDownload", "C&C-Mirai", "C&C-PartOfAHorizontalPortScan",
+    "C&C-Torii", "DDoS", "FileDownload", "Okiru", "Okiru-Attack", "PartOfAHorizontalPortScan",
+    "PartOfAHorizontalPortScan-Attack",
+})  # fmt: skip
+KNOWN_FAMILIES = {"detailed-label": IOT23_FAMILIES, "detailedlabel": None}
 
 
 def is_zeek_csv_header(names: Sequence[str]) -> bool:
@@ -58,10 +68,12 @@ class ZeekLog(Layout):
     source = "iot-23"
     numeric = tuple(IOT23_NUMERIC)
     categorical = tuple(IOT23_CATEGORICAL)
+    required = REQUIRED
 
     def __init__(self, columns: Sequence[str], unset: str = "-", empty: str = "(empty)") -> None:
         super().__init__(columns)
         self.unset, self.empty = unset, empty
+        self.known_families = KNOWN_FAMILIES.get(family_field(self.columns) or "", None)
 
     @classmethod
     def from_fields_line(cls, line: str, unset: str = "-", empty: str = "(empty)") -> "ZeekLog":
@@ -87,22 +99,20 @@ class ZeekLog(Layout):
             if count:
                 filled[column] = count
         numeric = numeric_columns(cells, [*IOT23_NUMERIC, TS], problems)
+        src_ip, dst_ip = (addresses(cells[c], c, problems) for c in (ORIG_H, RESP_H))
+        port = {column: ports(cells[column], column, problems, hex_ok=False) for column in (ORIG_P, RESP_P)}
+        check_domains(numeric, cells, DOMAINS, problems)
         start_time = numeric.pop(TS)
         label, bad = labels_from(cells[LABEL_FIELD], LABELS, lower=True)
         if bad.any():
             problems.append(Problem(BAD_LABEL, LABEL_FIELD, "Benign, Malicious or Background", bad,
                                     cells[LABEL_FIELD]))  # fmt: skip
-        port = {}
-        for column in (ORIG_P, RESP_P):
-            port[column], bad = ports(cells[column], hex_ok=False)
-            if bad.any():
-                problems.append(Problem(BAD_PORT, column, "an integer port 0-65535 or unset", bad, cells[column]))
-        n = len(cells[LABEL_FIELD])
+        family = self._families(cells, label)
+        values = {c: categorical(cells[c], lower=False, unset=self.markers) for c in IOT23_CATEGORICAL}
         return Normalised(
-            n, numeric, {c: categorical(cells[c], lower=False, unset=self.markers) for c in IOT23_CATEGORICAL},
-            label, self._families(cells, label), src_ip=stripped(cells[ORIG_H]).astype(object),
-            dst_ip=stripped(cells[RESP_H]).astype(object), src_port=port[ORIG_P], dst_port=port[RESP_P],
-            start_time=start_time, problems=problems, filled=filled,
+            len(label), numeric, values, label, family, src_ip=src_ip, dst_ip=dst_ip, src_port=port[ORIG_P],
+            dst_port=port[RESP_P], start_time=start_time, problems=problems, filled=filled,
+            unknown_family=unknown_families(family, self.known_families),
         )  # fmt: skip
 
     def _families(self, cells: Mapping[str, np.ndarray], label: np.ndarray) -> np.ndarray:

@@ -16,14 +16,25 @@ import numpy as np
 import pandas as pd
 
 from flows.errors import FlowDataError
-from flows.normalise import BAD_LABEL, BAD_PORT, NON_FINITE, NON_NUMERIC, UNLABELLED, Layout, Normalised
+from flows.normalise import (
+    NON_FINITE,
+    NON_NUMERIC,
+    REASON_ORDER,
+    UNLABELLED,
+    Layout,
+    Normalised,
+    compression,
+    split_lines,
+    without_bom,
+)
 from flows.table import ATTACK_CAT, DST_IP, DST_PORT, LABEL, SRC_IP, SRC_PORT, START_TIME, FlowTable
 
 BadRecordPolicy = Literal["error", "skip"]
 POLICIES = ("error", "skip")
-# skip-count key per problem reason, in the order a record's problems are counted (one reason per record)
-SKIP_REASONS = {NON_NUMERIC: "non_numeric_or_non_finite", NON_FINITE: "non_numeric_or_non_finite",
-                BAD_LABEL: "bad_label", BAD_PORT: "bad_port"}  # fmt: skip
+# skip-count key per problem reason, in the order a record's problems are counted (one reason per record:
+# flows.normalise.REASON_ORDER); the key is the reason's name but for the two kinds of bad number, counted together
+SKIP_REASONS = {reason: "non_numeric_or_non_finite" if reason in (NON_NUMERIC, NON_FINITE) else reason
+                for reason in REASON_ORDER}  # fmt: skip
 BACKGROUND_SKIP = "unlabelled_background"
 
 
@@ -42,10 +53,14 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
     data = path.read_bytes()
     if not data.strip():
         raise FlowDataError(path, "empty file", expected="a header and flow records")
+    packed = compression(data[:16])
+    if packed is not None:
+        raise FlowDataError(path, f"looks like a {packed[0]}-compressed file; decompress it first",
+                            expected=f"uncompressed text (e.g. {packed[1]} the file)")  # fmt: skip
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
+        line = len(split_lines(data[: err.start]))
         raise FlowDataError(
             path,
             f"not valid {encoding.upper()} text at byte {err.start}",
@@ -57,8 +72,9 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> str:
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """The file's lines (``\\n`` or ``\\r\\n`` ends), BOM removed."""
-    return [line[:-1] if line.endswith("\r") else line for line in read_text(path).split("\n")]
+    """The file's lines (``\\n``, ``\\r\\n`` or lone ``\\r`` ends: :func:`flows.normalise.split_lines`), without
+    a byte order mark at the start of any line."""
+    return [without_bom(line) for line in split_lines(read_text(path))]
 
 
 @dataclass
@@ -145,10 +161,24 @@ def table_of(batch: Normalised, layout: Layout, source: str, path: str, records:
     notes = list(notes)
     for column, count in batch.filled.items():
         notes.append(f"{count} blank or unset {column} read as 0")
+    unknown = unknown_family_note(batch, layout)
+    if unknown:
+        notes.append(unknown)
     if records.skipped.get(BACKGROUND_SKIP):
         notes.append(f"{records.skipped[BACKGROUND_SKIP]} Background (unlabelled) records dropped")
     return FlowTable(frame_of(batch), list(layout.numeric), list(layout.categorical), source, path, records.skipped,
                      notes)  # fmt: skip
+
+
+def unknown_family_note(batch: Normalised, layout: Layout) -> str | None:
+    """A note counting the records (kept) whose attack family is not among the source's known families."""
+    if batch.unknown_family is None or not batch.unknown_family.any():
+        return None
+    names, counts = np.unique(batch.family[batch.unknown_family].astype(str), return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    shown = ", ".join(f"{str(names[i])!r} ({counts[i]})" for i in order[:5]) + (", ..." if len(names) > 5 else "")
+    return (f"unknown_family: {int(counts.sum())} records with an attack family not among the "
+            f"{len(layout.known_families or ())} known to {layout.source} (kept): {shown}")  # fmt: skip
 
 
 def require_columns(path: str, present: list[str], required: Iterable[str], *, line: int = 1) -> None:

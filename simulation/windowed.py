@@ -58,9 +58,9 @@ def prepare_windows(table: FlowTable, protocol: ProtocolConfig, pipeline_config:
     """Cut ``table`` into windows, split them in time order, fit the pipeline on the training flows, build the
     graphs. A leaky protocol, or ``clean`` (its duplicate removal would take flows out of the graphs), is refused."""
     if protocol.leaky or protocol.name == "clean":
-        raise ValueError(f"protocol={protocol.name} does not combine with the chronological split (it "
-                         f"{'oversamples before splitting' if protocol.leaky else 'removes duplicate flows, which changes the host graphs'}"
-                         "): use protocol=paper, with protocol.drop_ttl=true if wanted")  # fmt: skip
+        why = "oversamples before splitting" if protocol.leaky else "removes duplicate flows, changing the host graphs"
+        raise ValueError(f"protocol={protocol.name} does not combine with the chronological split (it {why}): use "
+                         "protocol=paper, with protocol.drop_ttl=true if wanted")  # fmt: skip
     table, info = working_table(table, protocol)
     window, report = table_windows(table, settings)
     ids = np.unique(window[window >= 0])  # window numbers increase with time

@@ -89,7 +89,8 @@ def test_remapping_every_address_gives_identical_predictions(windows):
         other, _ = remapped(table, seed=3)
         graphs_remapped, _ = graphs_from_table(other, pipeline, SETTINGS)
         assert not np.array_equal(graphs[0].hosts, graphs_remapped[0].hosts)
-        np.testing.assert_array_equal(family.predict_logits(model, graphs), family.predict_logits(model, graphs_remapped))
+        np.testing.assert_array_equal(family.predict_logits(model, graphs),
+                                      family.predict_logits(model, graphs_remapped))  # fmt: skip
         np.testing.assert_array_equal(family.predict_host_logits(model, graphs),
                                       family.predict_host_logits(model, graphs_remapped))  # fmt: skip
 

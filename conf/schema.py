@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from flows.graphs.settings import GraphSettings
 from flows.partitioning import PartitionConfig
 from flows.pipeline import PipelineSettings
 
@@ -117,6 +118,7 @@ class RunSpec:
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    graph: GraphSettings = field(default_factory=GraphSettings)  # host-graph windows (graph model families)
     model: ModelSection = field(default_factory=ModelSection)
     strategy: StrategySpec = field(default_factory=StrategySpec)
     attack: AttackSpec = field(default_factory=AttackSpec)

@@ -54,7 +54,7 @@ def client_matrices(spec: RunSpec, node_config: Mapping, state_json: str,
                     data_attack: AttackConfig | None = None) -> ClientMatrices:  # fmt: skip
     """This node's examples; ``data_attack`` poisons its fit rows (malicious clients in attack rounds only)."""
     use_smote = spec.simulation.smote
-    key = (tuple(sorted(node_config.items())), data_settings(spec), repr(spec.partition), spec.model.name,
+    key = (tuple(sorted(node_config.items())), data_settings(spec), repr(spec.partition), spec.graph, spec.model.name,
            state_json, use_smote, None if data_attack is None else (data_attack.name, repr(dict(data_attack.params))),
            spec.simulation.val_fraction)  # fmt: skip
     if key in _CACHE:
@@ -69,11 +69,11 @@ def client_matrices(spec: RunSpec, node_config: Mapping, state_json: str,
     n_real = len(fit)
     if data_attack is not None:
         fit = dataclasses.replace(fit, frame=poison_frame(fit.frame, data_attack, seed).reset_index(drop=True))
-    X_fit, y_fit = family.batches(fit, state)
+    X_fit, y_fit = family.batches(fit, state, spec.graph)
     n_synthetic = 0
     if use_smote:  # local fit rows only: validation rows never see synthetic neighbours
         X_fit, y_fit, n_synthetic = smote(X_fit, y_fit, seed)
-    X_val, y_val = family.batches(val, state)
+    X_val, y_val = family.batches(val, state, spec.graph)
     matrices = ClientMatrices(X_fit, y_fit, X_val, y_val, n_real, n_synthetic)
     _CACHE[key] = matrices
     while len(_CACHE) > CACHE_SIZE:

@@ -48,7 +48,7 @@ def central_evaluation(spec: RunSpec, state: PipelineState, model_spec: ModelSpe
                        out_dir) -> tuple[CentralEvaluation, dict]:  # fmt: skip
     """The evaluation on the held-out split (never sent to clients) and what the run's data was."""
     train, test = load_split(data_settings(spec))
-    X_test, y_test = model_spec.model_family.batches(test, state)
+    X_test, y_test = model_spec.model_family.batches(test, state, spec.graph)
     data = {"train_records": len(train), "test_records": len(test), "skipped": dict(test.skipped),
             "notes": list(test.notes)}  # fmt: skip
     return CentralEvaluation(model_spec.model_family, model, X_test, np.asarray(y_test), state.threshold,
@@ -92,7 +92,8 @@ def main(grid: Grid, context: Context) -> None:
                             train_config=broadcast, evaluate_config=ConfigRecord(dict(broadcast)),
                             evaluate_fn=evaluation, timeout=spec.simulation.round_timeout)  # fmt: skip
 
-    write_checkpoints(out_dir, model_spec, result.arrays.to_torch_state_dict(), evaluation, state, rounds)
+    write_checkpoints(out_dir, model_spec, result.arrays.to_torch_state_dict(), evaluation, state, rounds,
+                      dataclasses.asdict(spec.graph))
     summary = write_metrics(out_dir, spec, strategy, evaluation, nodes=len(nodes), state=state,
                             model_spec=model_spec, seconds=time.perf_counter() - started, data=data)  # fmt: skip
     final = summary["final"]

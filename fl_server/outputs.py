@@ -35,11 +35,12 @@ def out_dir_of(spec: RunSpec, run_id: int) -> Path:
 
 
 def write_checkpoints(out_dir: Path, model_spec: ModelSpec, final_state: dict, evaluation: CentralEvaluation,
-                      state: PipelineState, num_rounds: int) -> None:  # fmt: skip
+                      state: PipelineState, num_rounds: int, graph: dict | None = None) -> None:  # fmt: skip
     state_json = state.to_json()
     best = evaluation.best
-    save_checkpoint(out_dir / "final.pt", model_spec, final_state, state_json, num_rounds)
-    save_checkpoint(out_dir / "best.pt", model_spec, best["state_dict"] or final_state, state_json, best["round"])
+    save_checkpoint(out_dir / "final.pt", model_spec, final_state, state_json, num_rounds, graph)
+    save_checkpoint(out_dir / "best.pt", model_spec, best["state_dict"] or final_state, state_json, best["round"],
+                    graph)  # fmt: skip
     state.save(out_dir / "pipeline.json")
 
 

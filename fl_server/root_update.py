@@ -35,7 +35,7 @@ def root_update_fn(spec: RunSpec, state: PipelineState,
         return None
     root = server_root(settings)
     family = model_spec.model_family
-    X, y = family.batches(root, state)
+    X, y = family.batches(root, state, spec.graph)
     batch_size, epochs = spec.simulation.batch_size, spec.simulation.local_epochs
     calls = {"n": 0}
 

@@ -15,7 +15,7 @@ import io
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from models.registry import UnknownModelFamily, get_family
 if TYPE_CHECKING:
     import torch
 
+    from flows.graphs.settings import GraphSettings
     from flows.pipeline_state import PipelineState
     from models.family import ModelFamily
 
@@ -109,6 +110,7 @@ class Checkpoint:
     round: int
     path: Path
     digest: str  # sha256 of the checkpoint file
+    graph: dict | None = None  # the run's host-graph windowing (GraphSettings fields); None: not recorded
 
     @property
     def family(self) -> "ModelFamily":
@@ -163,9 +165,10 @@ def _check_weights(state_dict: Any, spec: ModelSpec, where: str) -> dict:
 
 
 def save_checkpoint(path: str | Path, spec: ModelSpec, state_dict: Mapping, pipeline_state_json: str,
-                    round_: int) -> None:  # fmt: skip
+                    round_: int, graph: Mapping | None = None) -> None:  # fmt: skip
     """Write a checkpoint atomically (a temporary file renamed into place); the weights and the pipeline are
-    checked against ``spec`` first (:class:`CheckpointError`)."""
+    checked against ``spec`` first (:class:`CheckpointError`). ``graph``: the run's host-graph windowing
+    (:class:`flows.graphs.GraphSettings` as a dict), recorded so that an export cuts the same windows."""
     import torch
 
     path = Path(path)
@@ -174,7 +177,8 @@ def save_checkpoint(path: str | Path, spec: ModelSpec, state_dict: Mapping, pipe
     _check_pipeline(pipeline_state_json, spec, str(path))
     weights = {k: v.detach().cpu().clone() for k, v in _check_weights(state_dict, spec, str(path)).items()}
     data = {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION, "model_spec": spec.to_json(),
-            "state_dict": weights, "pipeline_state": pipeline_state_json, "round": int(round_)}  # fmt: skip
+            "state_dict": weights, "pipeline_state": pipeline_state_json, "round": int(round_),
+            "graph": asdict(_graph_settings(graph, str(path))) if graph is not None else None}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -219,5 +223,25 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     round_ = data["round"]
     if isinstance(round_, bool) or not isinstance(round_, int):
         raise CheckpointError(f"{path}: round must be an integer, got {round_!r}")
+    graph = data.get("graph")  # absent in checkpoints written before graph settings were recorded
+    graph = None if graph is None else asdict(_graph_settings(graph, str(path)))
     return Checkpoint(spec=spec, state_dict=state_dict, pipeline_state=data["pipeline_state"], round=round_,
-                      path=path, digest=hashlib.sha256(raw).hexdigest())  # fmt: skip
+                      path=path, digest=hashlib.sha256(raw).hexdigest(), graph=graph)  # fmt: skip
+
+
+def _graph_settings(value: Any, where: str) -> "GraphSettings":
+    """``value`` (a mapping of GraphSettings fields) as checked :class:`flows.graphs.GraphSettings`."""
+    from flows.graphs.settings import GraphSettings
+
+    if isinstance(value, GraphSettings):
+        return value
+    if not isinstance(value, Mapping):
+        raise CheckpointError(f"{where}: graph must be a mapping of graph settings, got {type(value).__name__}")
+    known = {f.name for f in fields(GraphSettings)}
+    unknown = sorted(set(map(str, value)) - known)
+    if unknown:
+        raise CheckpointError(f"{where}: graph: unknown setting(s) {', '.join(unknown)}")
+    try:
+        return GraphSettings(**dict(value))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{where}: graph: {err}") from None

@@ -25,6 +25,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch stays out of the imports of anyone who only needs names and parameters
     import torch
 
+    from flows.graphs.settings import GraphSettings
     from flows.pipeline_state import PipelineState
     from flows.table import FlowTable
 
@@ -54,8 +55,10 @@ class ModelFamily(ABC):
         """A fresh network (current torch RNG) for ``n_features`` encoded inputs; unknown param -> ValueError."""
 
     @abstractmethod
-    def batches(self, table: "FlowTable", pipeline: "PipelineState") -> tuple[Any, np.ndarray]:
-        """(X, y): the family's examples and their int64 labels for the flows of ``table``."""
+    def batches(self, table: "FlowTable", pipeline: "PipelineState",
+                graph: "GraphSettings | None" = None) -> tuple[Any, np.ndarray]:  # fmt: skip
+        """(X, y): the family's examples and their int64 labels for the flows of ``table``; ``graph`` is the
+        run's host-graph windowing (a graph family cuts its windows with it; None: its defaults)."""
 
     @abstractmethod
     def train_local(self, model: "torch.nn.Module", X: Any, y: np.ndarray, *, epochs: int, batch_size: int,

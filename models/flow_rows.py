@@ -36,7 +36,8 @@ class FlowRowFamily(ModelFamily):
 
     gateway_input = FLOW_ROWS
 
-    def batches(self, table: "FlowTable", pipeline: "PipelineState") -> tuple[np.ndarray, np.ndarray]:
+    def batches(self, table: "FlowTable", pipeline: "PipelineState", graph=None) -> tuple[np.ndarray, np.ndarray]:
+        """One encoded row per flow (``graph`` does not apply to flow rows)."""
         X = np.ascontiguousarray(pipeline.transform(table.frame), dtype=np.float32)
         return X, table.frame[LABEL].to_numpy(dtype=np.int64)
 

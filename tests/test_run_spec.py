@@ -90,6 +90,8 @@ def test_every_setting_survives_the_run_config_with_a_non_default_value():
                 changes["nonfinite"] = "impute"
             if section.name == "attack":
                 changes.update(fraction=0.3, start_round=2, end_round=5)
+            if section.name == "graph":
+                changes["window"] = "seconds"
             setattr(spec, section.name, dataclasses.replace(value, **changes))
         else:
             setattr(spec, section.name, non_default(value))
@@ -252,3 +254,28 @@ def test_plain_flwr_run_with_only_rounds_and_subsample_overridden_completes(tmp_
     assert metrics["run_config"]["out-dir"] == str(run_dir)  # the folder the ServerApp chose is on record
     assert "the federation has 2 nodes but partition.n_clients is 10" in result.log
     assert (run_dir / "final.pt").is_file() and len((run_dir / "progress.jsonl").read_text().splitlines()) == 2
+
+
+def test_the_host_graph_windowing_is_a_run_setting_recorded_in_checkpoints(tmp_path):
+    """`graph.*` reaches the run config, clients cut their windows with it, checkpoints record it for the export."""
+    import torch
+
+    from flows.graphs.settings import GraphSettings
+    from models.checkpoint import CheckpointError, ModelSpec, load_checkpoint, save_checkpoint
+
+    spec = from_run_config({**to_run_config(RunSpec()), "graph.window": "seconds", "graph.seconds": 30.0})
+    assert spec.graph == GraphSettings(window="seconds", seconds=30.0)
+    from flows.pipeline_state import PipelineState
+
+    names = [f"f{i}" for i in range(8)]
+    state = PipelineState(numeric=names, categorical=[], mean=[0.0] * 8, std=[1.0] * 8, vocabularies={},
+                          log_transform=False)  # fmt: skip
+    model_spec = ModelSpec("cnn_lstm", state.n_outputs, {})
+    torch.manual_seed(0)
+    weights = model_spec.build().state_dict()
+    save_checkpoint(tmp_path / "a.pt", model_spec, weights, state.to_json(), 1, dataclasses.asdict(spec.graph))
+    assert load_checkpoint(tmp_path / "a.pt").graph == dataclasses.asdict(spec.graph)
+    save_checkpoint(tmp_path / "b.pt", model_spec, weights, state.to_json(), 1)
+    assert load_checkpoint(tmp_path / "b.pt").graph is None
+    with pytest.raises(CheckpointError, match="graph: unknown setting"):
+        save_checkpoint(tmp_path / "c.pt", model_spec, weights, state.to_json(), 1, {"windows": 3})

@@ -42,12 +42,12 @@ class GCNFamily(ModelFamily):
         return HostGraphNet(int(n_features), **dict(params))
 
     def batches(self, table: "FlowTable", pipeline: "PipelineState",
-                settings: GraphSettings | None = None) -> tuple[list[HostGraph], np.ndarray]:  # fmt: skip
-        """The host graphs of ``table``'s windows (``settings``: the windowing, defaults when None) and their
+                graph: GraphSettings | None = None) -> tuple[list[HostGraph], np.ndarray]:  # fmt: skip
+        """The host graphs of ``table``'s windows (``graph``: the windowing, defaults when None) and their
         flows' labels; a table without addresses raises :class:`flows.errors.FlowDataError`."""
         from flows.graphs.from_table import graphs_from_table
 
-        graphs, _ = graphs_from_table(table, pipeline, settings)
+        graphs, _ = graphs_from_table(table, pipeline, graph)
         return graphs, edge_labels(graphs)
 
     def train_local(self, model: "nn.Module", X: list[HostGraph], y: np.ndarray, *, epochs: int, batch_size: int,

@@ -42,6 +42,7 @@ class DatasetSpec:
     data_dir: str = ""  # empty: $BOTDEFENDER_DATA_DIR of the process that reads the data
     file: str = ""  # one file of a multi-file source (relative to its folder); empty: the source's default
     bad_records: str = "error"  # error | skip (skipped records are counted in the outputs)
+    holdout_site: str = ""  # a site (source:file or file name) kept out of training, evaluated apart (chronological)
 
 
 @dataclass
@@ -55,6 +56,8 @@ class SimulationSpec:
     lr_decay: float = 0.985  # clients' learning rate in round r: lr * lr_decay ** (r - 1)
     subsample: int = 0  # records (stratified) taken before the split; 0 = all
     test_size: float = 0.2  # held-out share for central evaluation (stays on the server)
+    split: str = "auto"  # random | chronological (per site, by host-graph window) | auto: chronological for families
+    #                      that read host graphs, random (stratified) for the others
     val_fraction: float = 0.1  # share of each client's partition for its local evaluate
     root_size: int = 0  # server root dataset (FLTrust): records carved from the held-out split, never evaluated on
     client_threads: int = 1  # torch threads per client
@@ -313,10 +316,30 @@ def data_settings(spec: RunSpec) -> "DataSettings":
     """The rows of the run (same in every process): data set, subsample, split, root set."""
     from flows.run_split import DataSettings
 
+    split = resolved_split(spec)
     return DataSettings(data_dir=spec.dataset.data_dir, dataset=spec.dataset.name, file=spec.dataset.file,
                         bad_records=spec.dataset.bad_records, subsample=spec.simulation.subsample,
-                        test_size=spec.simulation.test_size, seed=spec.seed,
-                        root_size=spec.simulation.root_size)  # fmt: skip
+                        test_size=spec.simulation.test_size, seed=spec.seed, root_size=spec.simulation.root_size,
+                        split=split, graph=spec.graph if split == "chronological" else GraphSettings(),
+                        holdout_site=spec.dataset.holdout_site)  # fmt: skip
+
+
+def reads_host_graphs(model_name: str) -> bool:
+    """Whether the family ``model_name`` takes host-graph windows (its ``gateway_input``)."""
+    from flows.graphs.hostgraph import HOST_GRAPHS
+    from models.registry import get_family
+
+    return get_family(model_name).gateway_input == HOST_GRAPHS
+
+
+def resolved_split(spec: RunSpec) -> str:
+    """``simulation.split`` with ``auto`` decided by the model family: chronological for host-graph families."""
+    split = spec.simulation.split
+    if split not in ("auto", "random", "chronological"):
+        raise RunSpecError(f"simulation.split must be auto, random or chronological, got {split!r}")
+    if split == "auto":
+        return "chronological" if reads_host_graphs(spec.model.name) else "random"
+    return split
 
 
 def partition_for(spec: RunSpec, n_partitions: int) -> PartitionConfig:

@@ -17,7 +17,8 @@ from flows.errors import ConfigError
 from flows.loader import load_file
 from conf.schema import RunSpec, data_settings, partition_for
 from flows.partitioning import PartitionConfig, partition_from_config
-from flows.run_split import DataSettings, load_split
+from flows.graphs.settings import GraphSettings
+from flows.run_split import DataSettings, chronological_rows, load_split
 from flows.table import FlowTable
 
 _PARTITIONS: dict[tuple, list[np.ndarray]] = {}
@@ -47,6 +48,15 @@ def local_validation_split(n_rows: int, fraction: float, seed: int) -> tuple[np.
     order = np.random.default_rng(seed).permutation(n_rows)
     n_val = int(round(fraction * n_rows)) if n_rows > 1 else 0
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def local_validation_windows(table: FlowTable, fraction: float,
+                             graph: GraphSettings) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(fit, validation) row positions by time, for host-graph families: per site, the rows of the latest
+    ``fraction`` of the client's windows validate (a site with too few windows keeps them all for fitting)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val-fraction must be in [0, 1), got {fraction}")
+    return chronological_rows(table, fraction, graph)
 
 
 @lru_cache(maxsize=1)

@@ -1,7 +1,9 @@
 """A client's encoded training and validation matrices under the broadcast pipeline, cached per process.
 
-Rows are split into fit/validation first (seeded per partition); a malicious client's data attack then
-poisons its fit rows only; SMOTE (when on) runs last, on the fit rows. A Ray worker serves many virtual nodes
+Rows are split into fit/validation first: seeded random rows for flow families, by time for families that read
+host graphs (the latest ``val_fraction`` of the client's windows, per site, so no window is on both sides); a
+malicious client's data attack then poisons its fit rows only (flipped labels or the backdoor trigger reach the
+graphs' edge labels and edge features, since the windows are built after it); SMOTE (when on) runs last, on the fit rows. A Ray worker serves many virtual nodes
 in turn, so a small LRU cache keeps the last few nodes' matrices (an attacker also needs its fellow
 attackers' clean matrices to estimate benign updates).
 """
@@ -17,8 +19,8 @@ import numpy as np
 
 from fl_client.attacks.config import AttackConfig
 from fl_client.attacks.data_attacks import DEFAULT_TRIGGER, backdoor, flip_labels
-from conf.schema import RunSpec, data_settings
-from fl_client.data import local_table, local_validation_split
+from conf.schema import RunSpec, data_settings, reads_host_graphs
+from fl_client.data import local_table, local_validation_split, local_validation_windows
 from flows.oversampling import smote
 from flows.pipeline_state import PipelineState
 from models.registry import get_family
@@ -64,7 +66,10 @@ def client_matrices(spec: RunSpec, node_config: Mapping, state_json: str,
     state = PipelineState.from_json(state_json)
     family = get_family(spec.model.name)
     seed = spec.seed + 7919 * max(partition_id, 0)
-    fit_rows, val_rows = local_validation_split(len(table), spec.simulation.val_fraction, seed)
+    if reads_host_graphs(spec.model.name):
+        fit_rows, val_rows = local_validation_windows(table, spec.simulation.val_fraction, spec.graph)
+    else:
+        fit_rows, val_rows = local_validation_split(len(table), spec.simulation.val_fraction, seed)
     fit, val = table.subset(fit_rows), table.subset(val_rows)
     n_real = len(fit)
     if data_attack is not None:

@@ -28,7 +28,7 @@ from fl_server.nodes import query_pipeline_state, wait_for_nodes
 from fl_server.outputs import out_dir_of, write_checkpoints, write_metrics
 from fl_server.root_update import root_update_fn
 from flows.pipeline_state import PipelineState
-from flows.run_split import load_split
+from flows.run_split import holdout_site_table, load_split
 from models.checkpoint import ModelSpec
 from strategies.registry import build_strategy
 
@@ -46,13 +46,23 @@ def global_model(spec: RunSpec, state: PipelineState) -> tuple[ModelSpec, torch.
 
 def central_evaluation(spec: RunSpec, state: PipelineState, model_spec: ModelSpec, model: torch.nn.Module,
                        out_dir) -> tuple[CentralEvaluation, dict]:  # fmt: skip
-    """The evaluation on the held-out split (never sent to clients) and what the run's data was."""
-    train, test = load_split(data_settings(spec))
-    X_test, y_test = model_spec.model_family.batches(test, state, spec.graph)
+    """The evaluation on the held-out split and the held-out site if any (never sent to clients) and what the
+    run's data was."""
+    settings = data_settings(spec)
+    train, test = load_split(settings)
+    family = model_spec.model_family
+    X_test, y_test = family.batches(test, state, spec.graph)
     data = {"train_records": len(train), "test_records": len(test), "skipped": dict(test.skipped),
-            "notes": list(test.notes)}  # fmt: skip
-    return CentralEvaluation(model_spec.model_family, model, X_test, np.asarray(y_test), state.threshold,
-                             spec.simulation.num_rounds, out_dir), data  # fmt: skip
+            "notes": list(test.notes), "split": settings.split}  # fmt: skip
+    holdout = None
+    site = holdout_site_table(settings)
+    if site is not None:
+        X_site, y_site = family.batches(site, state, spec.graph)
+        holdout = (X_site, np.asarray(y_site))
+        data.update(holdout_site=settings.holdout_site, holdout_site_records=len(site))
+    data["train_sites"] = sorted(set(train.sites().tolist()))
+    return CentralEvaluation(family, model, X_test, np.asarray(y_test), state.threshold,
+                             spec.simulation.num_rounds, out_dir, holdout), data  # fmt: skip
 
 
 def configured_strategy(spec: RunSpec, nodes: list[int], ranks: dict[int, int], state: PipelineState,
@@ -97,6 +107,7 @@ def main(grid: Grid, context: Context) -> None:
     summary = write_metrics(out_dir, spec, strategy, evaluation, nodes=len(nodes), state=state,
                             model_spec=model_spec, seconds=time.perf_counter() - started, data=data)  # fmt: skip
     final = summary["final"]
-    log.info("done in %.1f s: final f1 %.4f acc %.4f (best round %d); outputs in %s", summary["seconds"],
-             final.get("f1") or float("nan"), final.get("accuracy") or float("nan"), summary["best_round"],
+    host = f" host f1 {final['host_f1']:.4f}" if final.get("host_f1") is not None else ""
+    log.info("done in %.1f s: final f1 %.4f acc %.4f%s (best round %d); outputs in %s", summary["seconds"],
+             final.get("f1") or float("nan"), final.get("accuracy") or float("nan"), host, summary["best_round"],
              out_dir)  # fmt: skip

@@ -2,6 +2,10 @@
 
 Each evaluation appends one JSON line to ``<out_dir>/progress.jsonl`` (round, rounds, loss, accuracy, f1, roc_auc,
 round seconds): the launcher follows that file to show progress, so nothing parses log text.
+
+A family that scores hosts (``predict_host_logits``, over host-graph windows) is also scored per host
+(``host_precision``, ``host_recall``, ``host_f1`` against the windows' ``node_label``); a run with a held-out site
+is scored on that site's windows too, under the same keys prefixed ``site_``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from models.family import ModelFamily
 log = logging.getLogger("flwr.botdefender.server")
 PROGRESS_FILE = "progress.jsonl"
 REPORTED = ("loss", "accuracy", "precision", "recall", "f1", "roc_auc")
+HOST_REPORTED = ("host_precision", "host_recall", "host_f1")
+SITE_PREFIX = "site_"
 
 
 def finite_or_none(value: Any) -> Any:
@@ -34,8 +40,10 @@ class CentralEvaluation:
     """``evaluate_fn`` of a Flower strategy: metrics of the global model per round, the best round's weights."""
 
     def __init__(self, family: ModelFamily, model: torch.nn.Module, X_test: Any, y_test: np.ndarray,
-                 threshold: float, num_rounds: int, out_dir: Path) -> None:  # fmt: skip
+                 threshold: float, num_rounds: int, out_dir: Path,
+                 holdout: tuple[Any, np.ndarray] | None = None) -> None:  # fmt: skip
         self.family, self.model, self.X_test, self.y_test = family, model, X_test, y_test
+        self.holdout = holdout
         self.threshold, self.num_rounds = threshold, num_rounds
         self.progress = out_dir / PROGRESS_FILE
         self.progress.unlink(missing_ok=True)
@@ -46,10 +54,9 @@ class CentralEvaluation:
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         started = time.perf_counter()
         self.model.load_state_dict(arrays.to_torch_state_dict())
-        logits = self.family.predict_logits(self.model, self.X_test).astype(np.float64)
-        scores = 1.0 / (1.0 + np.exp(-logits))
-        metrics = detection_metrics(self.y_test, scores, threshold=self.threshold)
-        metrics["loss"] = bce_with_logits(logits, self.y_test)
+        metrics = self.score(self.X_test, self.y_test)
+        if self.holdout is not None:
+            metrics.update({SITE_PREFIX + k: v for k, v in self.score(*self.holdout).items()})
         metrics["central_eval_seconds"] = time.perf_counter() - started
         self._ends[server_round] = time.perf_counter()
         if server_round - 1 in self._ends:  # one whole round: train, client evaluate, central evaluation
@@ -58,14 +65,37 @@ class CentralEvaluation:
         if server_round > 0 and metrics["f1"] > self.best["f1"]:
             self.best.update(round=server_round, f1=metrics["f1"], state_dict=copy.deepcopy(self.model.state_dict()))
         self._report(server_round, metrics)
-        return MetricRecord({k: float(metrics[k]) for k in REPORTED})
+        return MetricRecord({k: float(metrics[k]) for k in self.reported(metrics)})
+
+    @staticmethod
+    def reported(metrics: dict) -> list[str]:
+        """The keys of ``metrics`` that the strategy and progress.jsonl carry."""
+        keys = [*REPORTED, *HOST_REPORTED]
+        return [k for k in [*keys, *(SITE_PREFIX + k for k in keys)] if k in metrics]
+
+    def score(self, X: Any, y: np.ndarray) -> dict:
+        """Flow metrics (and host metrics for a family that scores hosts) of the loaded model on (X, y)."""
+        logits = self.family.predict_logits(self.model, X).astype(np.float64)
+        scores = 1.0 / (1.0 + np.exp(-logits))
+        metrics = detection_metrics(y, scores, threshold=self.threshold)
+        metrics["loss"] = bce_with_logits(logits, y)
+        host_logits = getattr(self.family, "predict_host_logits", None)
+        if host_logits is not None:
+            host_scores = 1.0 / (1.0 + np.exp(-host_logits(self.model, X).astype(np.float64)))
+            host_labels = np.concatenate([g.node_label for g in X]) if len(X) else np.zeros(0, np.int64)
+            host = detection_metrics(host_labels, host_scores, threshold=self.threshold)
+            metrics.update({f"host_{k}": host[k] for k in ("precision", "recall", "f1")})
+            metrics["hosts"] = int(len(host_labels))
+        return metrics
 
     def _report(self, server_round: int, metrics: dict) -> None:
         line = {"round": server_round, "rounds": self.num_rounds,
-                **{k: finite_or_none(float(metrics[k])) for k in REPORTED},
+                **{k: finite_or_none(float(metrics[k])) for k in self.reported(metrics)},
                 "round_seconds": metrics.get("round_seconds")}  # fmt: skip
         with open(self.progress, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line) + "\n")
-        log.info("round %d/%d: global loss %.4f acc %.4f f1 %.4f auc %.4f (%.1f s)", server_round, self.num_rounds,
-                 metrics["loss"], metrics["accuracy"], metrics["f1"], metrics["roc_auc"],
+        extra = "".join(f" {label} {metrics[key]:.4f}" for key, label in (
+            ("host_f1", "host f1"), ("site_f1", "| held-out site f1"), ("site_host_f1", "host f1")) if key in metrics)
+        log.info("round %d/%d: global loss %.4f acc %.4f f1 %.4f auc %.4f%s (%.1f s)", server_round,
+                 self.num_rounds, metrics["loss"], metrics["accuracy"], metrics["f1"], metrics["roc_auc"], extra,
                  metrics.get("round_seconds", 0.0))  # fmt: skip

@@ -9,11 +9,16 @@ The data folder comes from a configured value or, failing that, the environment 
     DATA_DIR/iot-23/*.conn.log.labeled         Zeek conn logs, tab-separated
     DATA_DIR/iot-23/csv/*.csv                  Zeek conn logs, CSV export (header row)
     DATA_DIR/stratosphere/*.conn.log.labeled   Stratosphere Zeek conn logs (``detailedlabel``, Background)
+
+``captures`` is a multi-site data set: every IoT-23 and Stratosphere capture above, each file one site, its rows
+tagged in the ``site`` column (metadata, never a feature); ``file`` may name a comma-separated subset of them.
 """
 
 from __future__ import annotations
 
 import os
+
+import pandas as pd
 from functools import partial
 from pathlib import Path
 
@@ -21,10 +26,11 @@ from flows.errors import FlowDataError
 from flows.readers import read_unsw_partitioned, read_unsw_raw, read_zeek_conn_log
 from flows.readers.records import BadRecordPolicy
 from flows.readers.unsw_partitioned import looks_partitioned
-from flows.table import FlowTable
+from flows.table import SITE, FlowTable
 
 ENV_VAR = "BOTDEFENDER_DATA_DIR"
-DATASETS = ("unsw-nb15", "unsw-nb15-raw", "iot-23", "stratosphere")
+DATASETS = ("unsw-nb15", "unsw-nb15-raw", "iot-23", "stratosphere", "captures")
+CAPTURE_SOURCES = ("iot-23", "stratosphere")  # the sources of ``captures``
 
 
 def resolve_data_dir(configured: str | Path | None = None) -> Path:
@@ -100,7 +106,51 @@ def load_dataset(
     """Load data set ``name`` (one of :data:`DATASETS`); ``file`` picks one file of the data set's folder."""
     if name not in DATASETS:
         raise FlowDataError(None, f"unknown dataset {name!r}", expected=f"one of {', '.join(DATASETS)}")
+    if name == "captures":
+        return load_captures(data_dir, file, bad_records)
     return load_file(name, dataset_file(name, resolve_data_dir(data_dir), file), bad_records)
+
+
+def capture_files(root: Path) -> list[tuple[str, Path]]:
+    """(source, file) of every IoT-23 and Stratosphere capture under ``root``, in a fixed order."""
+    found = []
+    for source in CAPTURE_SOURCES:
+        folder_name, patterns = SOURCES[source]
+        for pattern in patterns:
+            found += [(source, p) for p in sorted((root / folder_name).glob(pattern)) if p.is_file()]
+    if not found:
+        raise FlowDataError(root, "no captures found", expected="iot-23/*.conn.log.labeled, iot-23/csv/*.csv or "
+                            "stratosphere/*.conn.log.labeled")  # fmt: skip
+    return found
+
+
+def load_captures(data_dir: str | Path | None = None, files: str | None = None,
+                  bad_records: BadRecordPolicy = "error") -> FlowTable:  # fmt: skip
+    """Every capture (or the comma-separated file names ``files``) as one table; ``site`` tags each row with
+    its capture (``source:file name``); skipped counts are summed, notes kept per site."""
+    available = capture_files(resolve_data_dir(data_dir))
+    if files:
+        wanted = [f.strip() for f in files.split(",") if f.strip()]
+        names = {p.name: (source, p) for source, p in available}
+        missing = [w for w in wanted if w not in names]
+        if missing:
+            raise FlowDataError(None, f"captures: no capture named {missing}", expected=f"one of {sorted(names)}")
+        available = [names[w] for w in wanted]
+    tables = [load_file(source, path, bad_records) for source, path in available]
+    frames, skipped, notes = [], {}, []
+    for table in tables:
+        frames.append(table.frame.assign(**{SITE: table.site_name()}))
+        for reason, count in table.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+        notes += [f"{table.site_name()}: {note}" for note in table.notes]
+    first = tables[0]
+    for table in tables[1:]:
+        if table.features != first.features:
+            raise FlowDataError(table.path, "captures: feature columns differ from the first capture's",
+                                expected=", ".join(first.features))  # fmt: skip
+    return FlowTable(frame=pd.concat(frames, ignore_index=True), numeric_features=list(first.numeric_features),
+                     categorical_features=list(first.categorical_features), source="captures",
+                     path="", skipped=skipped, notes=notes)  # fmt: skip
 
 
 def load_file(name: str, path: str | Path, bad_records: BadRecordPolicy = "error") -> FlowTable:

@@ -18,6 +18,9 @@ exactly one client. Schemes:
   "Federated Learning on Non-IID Data Silos: An Experimental Study", ICDE).
 * ``by_host``: natural partition for sources with IP addresses: all flows of one source host go to one client;
   hosts are dealt in descending size to the currently smallest client (greedy balancing, seeded tie-breaks).
+* ``by_site``: natural partition of a multi-site data set (``captures``: one capture per site; a single-file
+  data set is one site): with as many clients as sites, client i holds site i (order of first appearance);
+  with fewer clients, sites (largest first) go to the currently smallest client; more clients than sites fail.
 
 All randomness comes from one ``numpy.random.default_rng(seed)``: the same seed gives identical partitions.
 """
@@ -31,11 +34,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from flows.table import ATTACK_CAT, LABEL, SRC_IP, FlowTable
+from flows.table import ATTACK_CAT, LABEL, SITE, SRC_IP, FlowTable
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("iid", "dirichlet", "pathological", "quantity_skew", "by_host")
+SCHEMES = ("iid", "dirichlet", "pathological", "quantity_skew", "by_host", "by_site")
 CLASS_COLUMNS = (ATTACK_CAT, LABEL)
 DEFAULT_MAX_ATTEMPTS = 1000
 
@@ -93,6 +96,8 @@ def partition(
                               rng, by)  # fmt: skip
     elif scheme == "quantity_skew":
         parts = _quantity_skew(len(frame), n_clients, alpha, min_size, rng)
+    elif scheme == "by_site":
+        parts = _by_site(_sites(table), n_clients, min_size, _source(table))
     else:
         parts = _by_host(frame, n_clients, min_size, rng, host_column, _source(table))
     parts = [np.sort(p).astype(np.int64) for p in parts]
@@ -357,3 +362,32 @@ def _by_host(
         )
     row_owner = owner[codes]
     return [np.flatnonzero(row_owner == c) for c in range(n_clients)]
+
+
+def _sites(table: FlowTable | pd.DataFrame) -> np.ndarray:
+    if isinstance(table, FlowTable):
+        return table.sites()
+    return (table[SITE].astype(str).to_numpy(dtype=object) if SITE in table.columns
+            else np.full(len(table), "", dtype=object))  # fmt: skip
+
+
+def _by_site(sites: np.ndarray, n_clients: int, min_size: int, source: str) -> list[np.ndarray]:
+    """One site per client (as many clients as sites), or sites grouped onto fewer clients, largest first."""
+    codes, names = pd.factorize(pd.Series(sites, dtype=object), use_na_sentinel=False)
+    if n_clients > len(names):
+        raise ValueError(f"by_site: {source} has {len(names)} site(s) ({', '.join(map(str, names))}), fewer than the "
+                         f"{n_clients} clients; set partition.n_clients (and the federation's nodes) to "
+                         f"{len(names)} or fewer")  # fmt: skip
+    sizes = np.bincount(codes, minlength=len(names))
+    owner = np.arange(len(names))
+    if n_clients < len(names):
+        loads = np.zeros(n_clients, dtype=np.int64)
+        for site in np.lexsort((np.array([str(n) for n in names]), -sizes)):
+            owner[site] = int(np.argmin(loads))
+            loads[owner[site]] += sizes[site]
+    parts = [np.flatnonzero(owner[codes] == c) for c in range(n_clients)]
+    small = [(str(names[i]), int(sizes[i])) for i in range(len(names)) if len(parts[owner[i]]) < min_size]
+    if small:
+        raise ValueError(f"by_site: site(s) {small} leave a client with fewer than min_size={min_size} rows; lower "
+                         "partition.min_size or use fewer clients")  # fmt: skip
+    return parts

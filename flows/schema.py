@@ -7,7 +7,8 @@ from __future__ import annotations
 LABEL = "label"
 ATTACK_CAT = "attack_cat"
 SRC_IP, DST_IP, SRC_PORT, DST_PORT, START_TIME = "src_ip", "dst_ip", "src_port", "dst_port", "start_time"
-META_COLUMNS = (LABEL, ATTACK_CAT, SRC_IP, DST_IP, SRC_PORT, DST_PORT, START_TIME)
+SITE = "site"  # multi-site data sets (``captures``): the capture a flow comes from; metadata, never a feature
+META_COLUMNS = (LABEL, ATTACK_CAT, SRC_IP, DST_IP, SRC_PORT, DST_PORT, START_TIME, SITE)
 BENIGN_FAMILY = "Normal"
 
 # raw UNSW-NB15_1..4 CSVs: 49 columns, no header; names as published in NUSW-NB15_features.csv

@@ -8,13 +8,17 @@ One row per flow. Columns of ``FlowTable.frame``:
 * ``label`` (int8, 0 = benign, 1 = malicious),
 * ``attack_cat`` (str, the attack family; ``"Normal"`` for benign traffic),
 * where the source has them: ``src_ip``, ``dst_ip`` (str), ``src_port``, ``dst_port`` (nullable Int64),
-  ``start_time`` (float64, seconds since the epoch).
+  ``start_time`` (float64, seconds since the epoch),
+* in multi-site data sets (``captures``): ``site`` (str, the capture a flow comes from; see :func:`sites_of`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 
 from flows.schema import (  # noqa: F401  (re-exported: the readers and consumers import them from here)
@@ -25,6 +29,7 @@ from flows.schema import (  # noqa: F401  (re-exported: the readers and consumer
     LABEL,
     META_COLUMNS,
     SRC_IP,
+    SITE,
     SRC_PORT,
     START_TIME,
 )
@@ -83,6 +88,16 @@ class FlowTable:
             skipped=dict(self.skipped),
             notes=list(self.notes),
         )
+
+    def sites(self) -> np.ndarray:
+        """The site of every row: the ``site`` column of a multi-site table, else :meth:`site_name` everywhere."""
+        if SITE in self.frame.columns:
+            return self.frame[SITE].astype(str).to_numpy(dtype=object)
+        return np.full(len(self.frame), self.site_name(), dtype=object)
+
+    def site_name(self) -> str:
+        """A single-file table's site: its source and file name (one capture = one site)."""
+        return f"{self.source}:{Path(self.path).name}" if self.path else self.source
 
     def summary(self) -> dict:
         """Counts for logs and run outputs."""

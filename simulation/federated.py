@@ -76,12 +76,20 @@ def check_config(cfg: DictConfig) -> tuple[RunSpec, LauncherSpec, DataSettings]:
     except ValueError as err:
         raise SimulationConfigError(str(err)) from None
     resolve_data_dir(spec.dataset.data_dir or None)  # a missing data folder fails here
-    settings = data_settings(spec)
-    train, _ = load_split(settings)
+    try:
+        settings = data_settings(spec)
+        train, _ = load_split(settings)
+    except (RunSpecError, ValueError) as err:
+        raise SimulationConfigError(str(err)) from None
     if n_clients * spec.partition.min_size > len(train):
         raise SimulationConfigError(
             f"{n_clients} clients x min_size {spec.partition.min_size} exceed the {len(train)} training records"
         )
+    if spec.partition.scheme == "by_site":
+        try:
+            partition_from_config(train, spec.partition, settings.seed)
+        except ValueError as err:
+            raise SimulationConfigError(str(err)) from None
     return spec, launcher, settings
 
 
@@ -145,8 +153,11 @@ class ProgressFollower(threading.Thread):
                 break  # a line still being written
             self.seen += 1
             seconds = f" ({r['round_seconds']:.1f} s)" if r.get("round_seconds") else ""
+            hosts = "".join(f" {label} {r[key]:.4f}" for key, label in (
+                ("host_f1", "host f1"), ("site_f1", "| held-out site f1"), ("site_host_f1", "host f1"))
+                if r.get(key) is not None)  # fmt: skip
             print(f"round {r['round']}/{r['rounds']}: global loss {r['loss']:.4f} acc {r['accuracy']:.4f} "
-                  f"f1 {r['f1']:.4f} auc {r['roc_auc']:.4f}{seconds}", flush=True)  # fmt: skip
+                  f"f1 {r['f1']:.4f} auc {r['roc_auc']:.4f}{hosts}{seconds}", flush=True)  # fmt: skip
 
     def stop(self) -> None:
         self.done.set()

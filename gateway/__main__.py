@@ -28,7 +28,8 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         options = ExportOptions(batch_sizes=tuple(args.batch_sizes), quantization=args.quantization,
-                                sparsity=args.sparsity, compression=args.compression)  # fmt: skip
+                                sparsity=args.sparsity, compression=args.compression,
+                                capacities=tuple(args.capacities) if args.capacities else None)  # fmt: skip
         rows = calibration_rows(args.checkpoint, args.calibration, args.calibration_size) \
             if args.quantization == "static" else None
         manifest = export_bundle(args.checkpoint, args.out, options, calibration=rows)
@@ -44,6 +45,7 @@ def _export(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from gateway.bundle import BundleError
     from gateway.encode import SchemaMismatchError
+    from gateway.graph_hosts import GraphHostPolicy
     from gateway.hosts import HostPolicy
     from gateway.serve import serve
     from gateway.sources import SourceError
@@ -52,9 +54,12 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         policy = HostPolicy(window=args.window, min_flows=args.min_flows, isolate_share=args.isolate_share,
                             release_share=args.release_share)  # fmt: skip
+        graph_policy = GraphHostPolicy(min_flows=args.min_flows, release_windows=args.release_windows,
+                                       reassert=args.window)  # fmt: skip
         report = serve(args.bundle, args.source, fmt=args.format, follow=args.follow, idle_exit=args.idle_exit,
                        batch_size=args.batch, variant=args.variant, out=out, host_sink=args.host_sink or ["stdout"],
-                       policy=policy, num_threads=args.threads)  # fmt: skip
+                       policy=policy, num_threads=args.threads, graph_policy=graph_policy,
+                       graph_lateness=args.graph_lateness)  # fmt: skip
     except (BundleError, SchemaMismatchError, SourceError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -98,8 +103,13 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         bundle = load_bundle(args.bundle)
         variants = sorted({entry["variant"] for entry in bundle.manifest["models"].values()})
+        model_class = VerdictModel
+        if bundle.gateway_input == "host_graphs":
+            from gateway.graph_engine import GraphModel
+
+            model_class = GraphModel
         for variant in variants:
-            VerdictModel(bundle, variant)
+            model_class(bundle, variant)
     except (BundleError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -121,6 +131,9 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--calibration-size", type=int, default=1024)
     export.add_argument("--compression", choices=COMPRESSIONS, default="xz",
                         help="store the model files xz-compressed (default) or as plain .tflite")
+    export.add_argument("--capacities", type=int, nargs="+",
+                        help="host-graph bundles: flows (and hosts) per window of each model (default: from the "
+                             "run's windowing)")  # fmt: skip
     export.set_defaults(run=_export)
     run = commands.add_parser("serve", help="flow records -> verdicts (numpy + LiteRT only)")
     run.add_argument("--bundle", required=True)
@@ -136,8 +149,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--host-sink", action="append",
                      help="stdout (default), file:PATH, sdn:URL or '' for none; repeat it for several sinks, which "
                           "get each host verdict in the order given")  # fmt: skip
-    run.add_argument("--window", type=float, default=60.0, help="host window, seconds")
-    run.add_argument("--min-flows", type=int, default=10)
+    run.add_argument("--window", type=float, default=60.0,
+                     help="host window, seconds (host-graph bundles: seconds between re-assertions)")
+    run.add_argument("--min-flows", type=int, default=10,
+                     help="flows a host must send in the window to be judged (host-graph bundles too)")
+    run.add_argument("--release-windows", type=int, default=3,
+                     help="host-graph bundles: consecutive judged windows not flagged that release a host")
+    run.add_argument("--graph-lateness", type=float, default=None,
+                     help="host-graph bundles: seconds a window stays open for late flows (default 60)")
     run.add_argument("--isolate-share", type=float, default=0.8)
     run.add_argument("--release-share", type=float, default=0.2)
     run.set_defaults(run=_serve)

@@ -47,6 +47,7 @@ class ExportOptions:
     sparsity: float = 0.0  # share of the weights set to zero before conversion (0: no pruning)
     default_model: str = "int8"
     compression: str = "xz"  # how model files are stored in the bundle: "xz" or "none" (plain .tflite)
+    capacities: tuple[int, ...] | None = None  # host-graph bundles: edge (= node) capacities; None: by windowing
 
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATIONS:
@@ -60,6 +61,10 @@ class ExportOptions:
         if self.compression not in COMPRESSIONS:
             raise ExportError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
         self.batch_sizes = tuple(sorted({int(b) for b in self.batch_sizes}))
+        if self.capacities is not None:
+            if not self.capacities or any(int(c) < 1 for c in self.capacities):
+                raise ExportError(f"capacities must be positive integers, got {self.capacities}")
+            self.capacities = tuple(sorted({int(c) for c in self.capacities}))
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -185,21 +190,13 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, options: Exp
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_previous_bundle(out_dir)
     achieved = prune_model(model, options.sparsity)
-    models: dict[str, dict] = {}
-    for batch in options.batch_sizes:
-        log.info("converting the %s model for batch %d", family.name, batch)
-        fp32 = family.export_tflite(model, batch)
-        int8 = quantize(fp32, options.quantization, calibration)
-        for variant, content in (("fp32", strip_strings(fp32)), ("int8", strip_strings(int8))):
-            name = f"model_{variant}_b{batch}.tflite"
-            stored = content
-            if options.compression == "xz":
-                name, stored = name + ".xz", compress_model(content)
-            (out_dir / name).write_bytes(stored)
-            models[f"{variant}_b{batch}"] = {"file": name, "variant": variant, "batch_size": batch,
-                                             "compression": options.compression, "bytes": len(stored),
-                                             "tflite_bytes": len(content)}  # fmt: skip
-        models[f"int8_b{batch}"]["quantization"] = options.quantization
+    graph = None
+    if family.gateway_input == "host_graphs":
+        from gateway.export_graphs import export_graph_models
+
+        models, graph = export_graph_models(checkpoint, model, out_dir, options)
+    else:
+        models = _export_flow_models(family, model, out_dir, options, calibration)
     pipeline = checkpoint.pipeline
     run_name = checkpoint.path.parent.name
     manifest = {
@@ -221,7 +218,36 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, options: Exp
                     "achieved_sparsity": round(achieved, 4)},  # fmt: skip
         "metrics": run_metrics(checkpoint.path),
     }
+    if graph is not None:
+        manifest["graph"] = graph
+        manifest["batch_sizes"] = sorted({entry["batch_size"] for entry in models.values()})
+        if not any(entry["variant"] == options.default_model for entry in models.values()):
+            manifest["default_model"] = "fp32"
     return json.loads(write_manifest(out_dir, manifest).read_text(encoding="utf-8"))
+
+
+def store_model(out_dir: Path, name: str, content: bytes, compression: str) -> dict:
+    """Write one model file (stripped of names, xz-compressed unless ``compression`` is "none"); its entry."""
+    stored = content
+    if compression == "xz":
+        name, stored = name + ".xz", compress_model(content)
+    (out_dir / name).write_bytes(stored)
+    return {"file": name, "compression": compression, "bytes": len(stored), "tflite_bytes": len(content)}
+
+
+def _export_flow_models(family, model: nn.Module, out_dir: Path, options: ExportOptions,
+                        calibration: np.ndarray | None) -> dict[str, dict]:  # fmt: skip
+    """fp32 and int8 models of a flow-row family, per batch size: the manifest's ``models``."""
+    models: dict[str, dict] = {}
+    for batch in options.batch_sizes:
+        log.info("converting the %s model for batch %d", family.name, batch)
+        fp32 = family.export_tflite(model, batch)
+        int8 = quantize(fp32, options.quantization, calibration)
+        for variant, content in (("fp32", strip_strings(fp32)), ("int8", strip_strings(int8))):
+            entry = store_model(out_dir, f"model_{variant}_b{batch}.tflite", content, options.compression)
+            models[f"{variant}_b{batch}"] = {**entry, "variant": variant, "batch_size": batch}
+        models[f"int8_b{batch}"]["quantization"] = options.quantization
+    return models
 
 
 def run_data_settings(checkpoint: str | Path):

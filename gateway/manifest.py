@@ -11,6 +11,10 @@ what was expected; :func:`kind`, :func:`list_of`, :func:`object_of` and :func:`r
 schema requires: 1 (the first exporter): model entries with file, variant and batch_size (bytes optional), plain
 .tflite files; 2: entries also record compression, bytes and tflite_bytes; 3: also family, family_params and
 gateway_input at the top. Fields a schema does not require are still checked where present.
+
+A ``host_graphs`` bundle (schema 3) also has a ``graph`` object (the run's windowing ``settings``, the network
+``variant``, the ``node_features`` and model ``inputs`` in order) and every model entry records its
+``node_capacity`` and ``edge_capacity`` (its ``batch_size``: the most flows of one window it takes).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import re
 from typing import Callable, Collection, Mapping, NoReturn
 
 READABLE_SCHEMAS = (1, 2, 3)
-GATEWAY_INPUTS = ("flow_rows",)  # what this runtime can feed a model
+GATEWAY_INPUTS = ("flow_rows", "host_graphs")  # what this runtime can feed a model
+GRAPH_VARIANTS = ("gcn", "egraphsage")  # host-graph models whose fixed-shape inputs this runtime builds
+WINDOW_KINDS = ("flows", "seconds")  # flows.graphs.settings.WINDOW_KINDS (a test checks they agree)
 LEGACY_GATEWAY_INPUT = "flow_rows"  # the input of every bundle written before gateway_input was recorded
 COMPRESSIONS = ("xz", "none")
 VARIANTS = ("fp32", "int8")
@@ -169,6 +175,15 @@ FILES = object_of(kind(lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{6
                        "a sha256 (64 lowercase hex digits)"),
                   "an object of file name -> sha256",
                   key=(is_plain_name, "plain file names (no '/', '\\', NUL, '.' or '..')"))  # fmt: skip
+GRAPH_SETTINGS = record({
+    "window": kind(lambda v: v in WINDOW_KINDS, f"one of {', '.join(WINDOW_KINDS)}"), "flows": POSITIVE_INT,
+    "seconds": kind(lambda v: is_finite(v) and v > 0, "a positive finite number"), "min_flows": POSITIVE_INT,
+}, required=("window", "flows", "seconds", "min_flows"))  # fmt: skip
+GRAPH = record({"settings": GRAPH_SETTINGS,
+                "variant": kind(lambda v: v in GRAPH_VARIANTS, f"one of {', '.join(GRAPH_VARIANTS)}"),
+                "node_features": list_of(STRING, "a non-empty list of strings", non_empty=True),
+                "inputs": list_of(STRING, "a non-empty list of strings", non_empty=True)},
+               required=("settings", "variant", "node_features", "inputs"))  # fmt: skip
 REQUIRED = ("model_version", "features", "pipeline", "threshold", "models", "default_model", "batch_sizes", "files")
 
 
@@ -178,7 +193,7 @@ def schema_check(schema: int) -> Check:
                                                           else ())  # fmt: skip
     models = object_of(record(ENTRY, entry_required), "an object of model entries", non_empty=True)
     required = REQUIRED + (("family", "family_params", "gateway_input") if schema >= 3 else ())
-    return record({**TOP, "models": models, "files": FILES}, required)  # models first: their errors are clearer
+    return record({**TOP, "models": models, "files": FILES, "graph": GRAPH}, required)  # models first: their errors are clearer
 
 
 def _check_schema_version(manifest: dict) -> int:
@@ -233,6 +248,26 @@ def _check_default_and_input(manifest: dict) -> None:
                             f"gateway can feed ({', '.join(GATEWAY_INPUTS)}); update the gateway")  # fmt: skip
 
 
+def _check_graph(manifest: dict) -> None:
+    """A ``host_graphs`` bundle has its ``graph`` object and node and edge capacities on every model (the edge
+    capacity is the batch size); other bundles have neither."""
+    graphs = manifest.get("gateway_input") == "host_graphs"
+    if graphs and "graph" not in manifest:
+        fail("", "is missing field(s) graph (the windowing and inputs of a host_graphs bundle)")
+    for key, entry in manifest["models"].items():
+        where = member("models", key)
+        if not graphs:
+            continue
+        missing = [name for name in ("node_capacity", "edge_capacity") if name not in entry]
+        if missing:
+            fail(where, f"is missing field(s) {', '.join(missing)} (a host_graphs model's capacities)")
+        for name in ("node_capacity", "edge_capacity"):
+            POSITIVE_INT(entry[name], member(where, name))
+        if entry["edge_capacity"] != entry["batch_size"]:
+            fail(member(where, "edge_capacity"), f"must equal batch_size ({entry['batch_size']}), got "
+                                                 f"{shown(entry['edge_capacity'])}")  # fmt: skip
+
+
 def check_manifest(manifest: object) -> None:
     """Raise :class:`ManifestError` unless ``manifest`` (parsed JSON) is a manifest of a readable bundle schema
     whose fields have the types, sizes and relations the runtime relies on."""
@@ -242,3 +277,4 @@ def check_manifest(manifest: object) -> None:
     _check_models(manifest)
     _check_batch_sizes(manifest)
     _check_default_and_input(manifest)
+    _check_graph(manifest)

@@ -194,16 +194,29 @@ def make_sinks(specs: str | Sequence[str] | None) -> list[HostSink]:
 def serve(bundle_dir: str | Path, source_path: str | Path, *, fmt: str = "auto", follow: bool = False,
           idle_exit: float = 0.0, batch_size: int = 256, variant: str | None = None, out: IO[str] | None = None,
           host_sink: str | Sequence[str] | None = "stdout", policy: HostPolicy | None = None,
-          num_threads: int = 1) -> dict:  # fmt: skip
+          num_threads: int = 1, graph_policy=None, graph_lateness: float | None = None) -> dict:  # fmt: skip
     """Run the service to the end of the source (or, following, until idle for ``idle_exit`` s); returns the
-    report as a dict. ``host_sink``: one sink spec or several (each host verdict goes to all, in order)."""
+    report as a dict. ``host_sink``: one sink spec or several (each host verdict goes to all, in order).
+
+    A bundle whose gateway input is ``host_graphs`` is served by :class:`gateway.graph_serve.GraphVerdictService`
+    (``graph_policy``: its :class:`gateway.graph_hosts.GraphHostPolicy`, ``graph_lateness``: seconds a window
+    stays open for late flows); flow-row bundles by :class:`VerdictService` with ``policy``."""
     from gateway.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
-    model = VerdictModel(bundle, variant, num_threads=num_threads)
     source = FlowSource(source_path, fmt, follow=follow, idle_exit=idle_exit)
-    sinks = make_sinks(host_sink)
-    service = VerdictService(bundle, model, out or sys.stdout, sinks, policy)
+    if bundle.gateway_input == "host_graphs":
+        from gateway.graph_engine import GraphModel
+        from gateway.graph_serve import DEFAULT_LATENESS, GraphVerdictService
+
+        model = GraphModel(bundle, variant, num_threads=num_threads)
+        sinks = make_sinks(host_sink)
+        lateness = DEFAULT_LATENESS if graph_lateness is None else graph_lateness
+        service = GraphVerdictService(bundle, model, out or sys.stdout, sinks, graph_policy, lateness)
+    else:
+        model = VerdictModel(bundle, variant, num_threads=num_threads)
+        sinks = make_sinks(host_sink)
+        service = VerdictService(bundle, model, out or sys.stdout, sinks, policy)
     try:
         report = service.run(source, batch_size)
     finally:
@@ -211,6 +224,8 @@ def serve(bundle_dir: str | Path, source_path: str | Path, *, fmt: str = "auto",
             sink.close()
     result = report.as_dict(source.stats.lines)
     result["host_time"] = service.hosts.counts()  # records set aside by the stream's watermark, late ones
+    if hasattr(service, "graph_summary"):  # windows, split windows, flows without a verdict, where time went
+        result["graph"] = service.graph_summary()
     summaries = [sink.summary() for sink in sinks if hasattr(sink, "summary")]
     if summaries:  # the isolation hook: delivered, retried, dead-lettered, pending
         result["host_sink"] = summaries[0] if len(summaries) == 1 else summaries

@@ -119,8 +119,6 @@ def test_the_federated_interface_on_windows(windows):
         family.train_local(model, train, y_train[:-1], epochs=1, batch_size=4, lr=0.01, seed=0)
     with pytest.raises(ValueError, match="local-epochs must be >= 1"):
         family.train_local(model, train, y_train, epochs=0, batch_size=4, lr=0.01, seed=0)
-    with pytest.raises(NotImplementedError, match="gateway deliverable"):
-        family.export_tflite(model, 4)
 
 
 def test_a_window_without_edges_and_a_lone_host_go_through_the_network(windows):

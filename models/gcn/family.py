@@ -79,10 +79,22 @@ class GCNFamily(ModelFamily):
 
         return predict(model, X)[1] if X else np.zeros(0, np.float32)
 
-    def export_tflite(self, model: "nn.Module", batch_size: int) -> bytes:
-        raise NotImplementedError(
-            "gcn: LiteRT export of host-graph models is not written yet; it belongs to the gateway deliverable "
-            "(graphs padded to fixed node and edge capacities, built with numpy by flows.graphs)")  # fmt: skip
+    def export_tflite(self, model: "nn.Module", batch_size: int, node_capacity: int | None = None) -> bytes:
+        """The fp32 .tflite of ``model``'s fixed-shape form (:class:`models.gcn.export_form.DenseHostGraphNet`)
+        for one window of at most ``batch_size`` flows (the edge capacity) and ``node_capacity`` hosts (default:
+        ``batch_size``); its inputs are :func:`models.gcn.export_form.input_names`, one output of E flow logits
+        then N host logits."""
+        import litert_torch
+
+        from models.gcn.export_form import DenseHostGraphNet, sample_inputs
+
+        edges = int(batch_size)
+        nodes = edges if node_capacity is None else int(node_capacity)
+        if edges < 1 or nodes < 1:
+            raise ValueError(f"gcn export: capacities must be >= 1, got {nodes} hosts and {edges} flows")
+        form = DenseHostGraphNet(model.eval())
+        sample = sample_inputs(form.variant, form.n_features, form.n_node_features, nodes, edges)
+        return litert_torch.convert(form, sample).model_content()
 
     def detector_class(self) -> type:
         from models.gcn.detector import GCNDetector

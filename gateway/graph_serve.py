@@ -1,0 +1,154 @@
+"""The verdict service for host-graph bundles: records -> windows (:mod:`gateway.graph_stream`) -> one LiteRT call
+per window graph (:mod:`gateway.graph_engine`) -> flow verdicts (the JSON lines of :mod:`gateway.serve`, with the
+window number) from the flow head and host verdicts from the host head (:mod:`gateway.graph_hosts`) to the same
+host sinks. numpy + ai-edge-litert only.
+
+A flow gets its verdict when its window closes; flows that cannot be placed (no address or time) and flows of
+windows below ``min_flows`` get none and are counted in the summary's ``graph`` object, with the windows, split
+windows and parts, late flows and the time spent building graphs and in the interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import IO
+
+import numpy as np
+
+from flows.graphs.hostgraph import HostGraph
+from flows.graphs.settings import GraphSettings
+from gateway.bundle import Bundle
+from gateway.encode import check_columns
+from gateway.graph_engine import GraphModel
+from gateway.graph_hosts import GraphHostPolicy, GraphHostTracker
+from gateway.graph_stream import Flows, Window, WindowCutter, encode_flows, window_graphs
+from gateway.serve import HostSink, ServeReport
+from gateway.sources import FlowSource, Record
+
+DEFAULT_LATENESS = 60.0  # seconds a flow may arrive after later ones and still join its training window
+
+
+def bundle_settings(bundle: Bundle) -> GraphSettings:
+    """The windowing the bundle's model was trained with (its manifest's ``graph.settings``)."""
+    return GraphSettings(**bundle.manifest["graph"]["settings"])
+
+
+class GraphVerdictService:
+    """Turns records into windows and windows into verdicts."""
+
+    def __init__(self, bundle: Bundle, model: GraphModel, out: IO[str], sinks: Sequence[HostSink],
+                 policy: GraphHostPolicy | None = None, lateness: float = DEFAULT_LATENESS,
+                 site: str = "") -> None:  # fmt: skip
+        self.bundle, self.model, self.out, self.sinks = bundle, model, out, list(sinks)
+        self.settings = bundle_settings(bundle)
+        self.hosts = GraphHostTracker(policy)
+        self.cutter = WindowCutter(self.settings, float(lateness), bundle.pipeline.n_outputs)
+        self.report = ServeReport()
+        self.site = site
+        self.counts: Counter = Counter()
+        self.timing = {"encode": 0.0, "build": 0.0, "interpreter": 0.0, "verdicts": 0.0}
+        self.window_seconds: list[float] = []  # per scored graph: build + interpreter + verdicts
+        self._accepted = 0
+
+    def process(self, records: list[Record]) -> None:
+        """Accept a batch of records; score every window it closes."""
+        started = time.perf_counter()
+        flows = encode_flows(records, self.bundle.pipeline, self.report.malformed, self._accepted)
+        self._accepted += len(flows)
+        self.timing["encode"] += time.perf_counter() - started
+        windows, _ = self.cutter.add(flows)
+        for window in windows:
+            self.score_window(window)
+
+    def finish(self) -> None:
+        for window in self.cutter.finish():
+            self.score_window(window)
+
+    def score_window(self, window: Window) -> None:
+        started = time.perf_counter()
+        graphs = window_graphs(window, self.settings, self.site, self.model.max_nodes, self.model.max_edges,
+                               self.counts)  # fmt: skip
+        self.timing["build"] += time.perf_counter() - started
+        self.counts["windows"] += 1
+        by_seq = {int(s): r for s, r in zip(window.flows.columns["seq"], window.flows.records)}
+        for graph in graphs:
+            self.score_graph(graph, [by_seq[int(s)] for s in graph.flow_rows], started)
+            started = time.perf_counter()
+
+    def score_graph(self, graph: HostGraph, records: list[Record], started: float) -> None:
+        """Score one graph (its flows' ``records`` in edge order); ``started``: when its building began."""
+        begun = time.perf_counter()
+        flow_probs, host_probs = self.model.probabilities(graph)
+        done = time.perf_counter()
+        self.timing["interpreter"] += done - begun
+        flags = flow_probs >= self.model.threshold
+        version = self.bundle.model_version
+        lines = []
+        for record, score, malicious in zip(records, flow_probs, flags):
+            lines.append(json.dumps({"time": record.time, "src": record.src, "dst": record.dst, "line": record.line,
+                                     "window": graph.window, "score": round(float(score), 5),
+                                     "verdict": "attack" if malicious else "benign",
+                                     "label": record.label if (record.label or 0) >= 0 else None,
+                                     "model_version": version}))  # fmt: skip
+            self.report.count_verdict(bool(malicious), record.label)
+        self.report.malicious += int(flags.sum())
+        self.report.scored += len(records)
+        self.counts["graphs"] += 1
+        for verdict in self.hosts.observe(graph, host_probs, flags, self.model.threshold):
+            self.report.host_verdicts[verdict.action] += 1
+            hosts = self.report.isolated if verdict.action == "isolate" else self.report.released
+            if verdict.host not in hosts:
+                hosts.append(verdict.host)
+            for sink in self.sinks:
+                sink.emit(verdict)
+        if lines:
+            self.out.write("\n".join(lines) + "\n")
+            self.out.flush()
+        finished = time.perf_counter()
+        self.timing["verdicts"] += finished - done
+        self.window_seconds.append(finished - started)
+
+    def run(self, source: FlowSource, batch_size: int) -> ServeReport:
+        started = time.perf_counter()
+        pending: list[Record] = []
+        checked = False
+        for record in source:
+            if record is not None:
+                if not checked:
+                    check_columns(self.bundle.pipeline, record.layout.features, f"source {source.path} ({source.fmt})")
+                    self.site = self.site or site_name(record.layout.source, source.path.name)
+                    checked = True
+                pending.append(record)
+                self.report.records += 1
+            if pending and (record is None or len(pending) >= batch_size):
+                self.process(pending)
+                pending = []
+        if pending:
+            self.process(pending)
+        self.finish()
+        self.report.malformed.update(source.stats.malformed)
+        self.report.seconds = time.perf_counter() - started
+        return self.report
+
+    def graph_summary(self) -> dict:
+        """Windows, graphs, flows without a verdict and where the time went."""
+        counts = {**{k: int(v) for k, v in self.counts.items()}, **{k: int(v) for k, v in self.cutter.counts.items()}}
+        seconds = np.asarray(self.window_seconds)
+        latency = ({"p50_ms": round(float(np.median(seconds)) * 1e3, 3),
+                    "p99_ms": round(float(np.percentile(seconds, 99)) * 1e3, 3)} if len(seconds) else {})  # fmt: skip
+        return {"settings": {"window": self.settings.window, "flows": self.settings.flows,
+                             "seconds": self.settings.seconds, "min_flows": self.settings.min_flows,
+                             "lateness": self.cutter.lateness},
+                **counts, "seconds": {k: round(v, 4) for k, v in self.timing.items()}, "per_graph": latency,
+                "hosts": self.hosts.counts()}  # fmt: skip
+
+
+def site_name(source: str, file_name: str) -> str:
+    """The site of a served file as training names it (``<source>:<file name>``: ``FlowTable.site_name``)."""
+    return f"{source}:{file_name}" if source else file_name
+
+
+__all__ = ["DEFAULT_LATENESS", "Flows", "GraphVerdictService", "bundle_settings", "site_name"]

@@ -89,4 +89,9 @@ class GraphModel:
     def probabilities(self, graph: HostGraph) -> tuple[np.ndarray, np.ndarray]:
         """(flow probabilities, host probabilities) of ``graph``."""
         edges, nodes = self.logits(graph)
-        return 1.0 / (1.0 + np.exp(-edges)), 1.0 / (1.0 + np.exp(-nodes))
+        return _sigmoid(edges), _sigmoid(nodes)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-z)) without overflow for large |z| (float32)."""
+    return np.exp(-np.logaddexp(0.0, -logits.astype(np.float64))).astype(np.float32)

@@ -29,7 +29,9 @@ def register() -> None:
 
     config_resolvers.register()
     store = ConfigStore.instance()
-    store.store(name=SCHEMA_NAME, node=FederatedConfig)
+    schema = OmegaConf.structured(FederatedConfig)
+    OmegaConf.set_readonly(schema.graph, False)  # frozen GraphSettings: overridable here, checked again by specs()
+    store.store(name=SCHEMA_NAME, node=schema)
     for name in family_names():
         store.store(group="model", name=f"{name}_defaults", node={"name": name, "params": get_family(name).default_params()})
 

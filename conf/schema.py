@@ -75,6 +75,27 @@ class ModelSection:
 
     name: str = "cnn_lstm"
     params: dict[str, Any] = field(default_factory=dict)
+    # A mixed federation: families joined by "+" ("cnn_lstm+gcn"; "," also works where no Hydra parses it); the client with partition id i trains
+    # families[i % n] (on a gateway: its node config "model"); ``params`` apply to ``name``, the others take their
+    # defaults. Empty: every client trains ``name``.
+    families: str = ""
+
+    def family_names(self) -> list[str]:
+        """The run's families, ``name`` alone unless ``families`` lists several (``name`` must be one of them)."""
+        names = [n.strip() for n in self.families.replace(",", "+").split("+") if n.strip()]
+        if not names:
+            return [self.name]
+        if len(set(names)) != len(names) or self.name not in names:
+            raise RunSpecError(f"model.families must list distinct families including model.name={self.name!r}, "
+                               f"got {self.families!r}")  # fmt: skip
+        return names
+
+    def family_of(self, node_config: Mapping[str, Any]) -> str:
+        """The family a node trains: its node config's ``model`` (a gateway), else by partition id."""
+        if "model" in node_config:
+            return str(node_config["model"])
+        names = self.family_names()
+        return names[int(node_config.get("partition-id", 0)) % len(names)]
 
 
 @dataclass
@@ -338,7 +359,8 @@ def resolved_split(spec: RunSpec) -> str:
     if split not in ("auto", "random", "chronological"):
         raise RunSpecError(f"simulation.split must be auto, random or chronological, got {split!r}")
     if split == "auto":
-        return "chronological" if reads_host_graphs(spec.model.name) else "random"
+        graphs = any(reads_host_graphs(name) for name in spec.model.family_names())
+        return "chronological" if graphs else "random"
     return split
 
 

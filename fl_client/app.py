@@ -4,7 +4,8 @@ A virtual node's data is partition ``node_config["partition-id"]`` of ``node_con
 run's TRAIN rows; a real gateway's is the capture at ``node_config["data-path"]`` (see :mod:`fl_client.data`).
 Nothing but statistics and model weights leaves the client.
 
-* query: ``{"config": {"log-transform": bool}}`` -> the statistics records of :mod:`fl_client.statistics`;
+* query: ``{"config": {"log-transform": bool}}`` -> the statistics records of :mod:`fl_client.statistics`, with
+  the node's model family in ``node["model"]`` (a mixed federation: :meth:`conf.schema.ModelSection.family_of`);
 * train: ``{"arrays", "config": {"pipeline-state": JSON, "model-spec": JSON, "server-round": int,
   "proximal-mu": float (FedProx only)}}`` -> ``{"arrays": ArrayRecord, "metrics": {"num-examples", "train_loss",
   "smote-rows", "partition-id"}}``; with the run-config flag ``smote`` the client oversamples its own encoded
@@ -87,9 +88,10 @@ def _colluders_updates(spec: RunSpec, context: Context, msg: Message, attack: At
     if key not in _BENIGN:
         base = state_vector(msg.content["arrays"].to_torch_state_dict())
         rows = []
+        family = ModelSpec.from_json(str(msg.content["config"]["model-spec"])).family
         for pid in attackers:
             m = client_matrices(spec, {"partition-id": pid, "num-partitions": n},
-                                str(msg.content["config"]["pipeline-state"]))  # fmt: skip
+                                str(msg.content["config"]["pipeline-state"]), family_name=family)  # fmt: skip
             model, _ = _honest_training(spec, msg, m.X_fit, m.y_fit, pid)
             rows.append(state_vector(model.state_dict()) - base)
         _BENIGN.clear()
@@ -100,9 +102,11 @@ def _colluders_updates(spec: RunSpec, context: Context, msg: Message, attack: At
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Reply with the feature statistics of this client's training rows."""
-    partition_id, table = local_table(_spec(context), context.node_config)
+    spec = _spec(context)
+    partition_id, table = local_table(spec, context.node_config)
     log_transform = bool(msg.content["config"]["log-transform"])
     content = statistics_records(table, log_transform, partition_id)
+    content["node"]["model"] = spec.model.family_of(context.node_config)  # the server groups nodes by family
     if table.skipped:
         log.warning("client %d: %s bad records skipped", partition_id, table.skipped)
     log.info("client %d: statistics of %d rows", partition_id, len(table))
@@ -122,7 +126,8 @@ def train(msg: Message, context: Context) -> Message:
         log.info("client %d: absent (reference run: sits round %d out)", partition_id, server_round)
         return Message(content=absent_reply(msg.content["arrays"], partition_id), reply_to=msg)
     data_attack = attack if attack is not None and attack.name in DATA_ATTACKS else None
-    m = client_matrices(spec, context.node_config, str(config["pipeline-state"]), data_attack)
+    family_name = ModelSpec.from_json(str(config["model-spec"])).family
+    m = client_matrices(spec, context.node_config, str(config["pipeline-state"]), data_attack, family_name)
     started = time.perf_counter()
     model, loss = _honest_training(spec, msg, m.X_fit, m.y_fit, partition_id)
     if attack is not None and changes_update(attack):
@@ -156,7 +161,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     spec = _spec(context)
     torch.set_num_threads(spec.simulation.client_threads)
     partition_id = int(context.node_config.get("partition-id", -1))
-    m = client_matrices(spec, context.node_config, str(msg.content["config"]["pipeline-state"]))
+    family_name = ModelSpec.from_json(str(msg.content["config"]["model-spec"])).family
+    m = client_matrices(spec, context.node_config, str(msg.content["config"]["pipeline-state"]),
+                        family_name=family_name)  # fmt: skip
     X_val, y_val = (m.X_val, m.y_val) if len(m.y_val) else (m.X_fit, m.y_fit)
     family, model = _model(msg)
     loss, accuracy = family.evaluate_local(model, X_val, y_val)

@@ -52,11 +52,13 @@ def poison_frame(frame, attack: AttackConfig, seed: int):
     raise ValueError(f"{attack.name!r} is not a data attack")
 
 
-def client_matrices(spec: RunSpec, node_config: Mapping, state_json: str,
-                    data_attack: AttackConfig | None = None) -> ClientMatrices:  # fmt: skip
-    """This node's examples; ``data_attack`` poisons its fit rows (malicious clients in attack rounds only)."""
+def client_matrices(spec: RunSpec, node_config: Mapping, state_json: str, data_attack: AttackConfig | None = None,
+                    family_name: str | None = None) -> ClientMatrices:  # fmt: skip
+    """This node's examples for ``family_name`` (the broadcast model's family; default: the node's family in the
+    run); ``data_attack`` poisons its fit rows (malicious clients in attack rounds only)."""
     use_smote = spec.simulation.smote
-    key = (tuple(sorted(node_config.items())), data_settings(spec), repr(spec.partition), spec.graph, spec.model.name,
+    family_name = family_name or spec.model.family_of(node_config)
+    key = (tuple(sorted(node_config.items())), data_settings(spec), repr(spec.partition), spec.graph, family_name,
            state_json, use_smote, None if data_attack is None else (data_attack.name, repr(dict(data_attack.params))),
            spec.simulation.val_fraction)  # fmt: skip
     if key in _CACHE:
@@ -64,9 +66,9 @@ def client_matrices(spec: RunSpec, node_config: Mapping, state_json: str,
         return _CACHE[key]
     partition_id, table = local_table(spec, node_config)
     state = PipelineState.from_json(state_json)
-    family = get_family(spec.model.name)
+    family = get_family(family_name)
     seed = spec.seed + 7919 * max(partition_id, 0)
-    if reads_host_graphs(spec.model.name):
+    if reads_host_graphs(family_name):
         fit_rows, val_rows = local_validation_windows(table, spec.simulation.val_fraction, spec.graph)
     else:
         fit_rows, val_rows = local_validation_split(len(table), spec.simulation.val_fraction, seed)

@@ -41,12 +41,16 @@ class CentralEvaluation:
 
     def __init__(self, family: ModelFamily, model: torch.nn.Module, X_test: Any, y_test: np.ndarray,
                  threshold: float, num_rounds: int, out_dir: Path,
-                 holdout: tuple[Any, np.ndarray] | None = None) -> None:  # fmt: skip
+                 holdout: tuple[Any, np.ndarray] | None = None, label: str = "",
+                 fresh: bool = True) -> None:  # fmt: skip
+        """``label``: the family's name in a mixed federation (in progress lines and the log); ``fresh``: start a
+        new progress file (False: a further family's evaluation appends to it)."""
         self.family, self.model, self.X_test, self.y_test = family, model, X_test, y_test
-        self.holdout = holdout
+        self.holdout, self.label = holdout, label
         self.threshold, self.num_rounds = threshold, num_rounds
         self.progress = out_dir / PROGRESS_FILE
-        self.progress.unlink(missing_ok=True)
+        if fresh:
+            self.progress.unlink(missing_ok=True)
         self.rounds: dict[int, dict] = {}
         self.best: dict = {"round": -1, "f1": -1.0, "state_dict": None}
         self._ends: dict[int, float] = {}
@@ -89,13 +93,14 @@ class CentralEvaluation:
         return metrics
 
     def _report(self, server_round: int, metrics: dict) -> None:
-        line = {"round": server_round, "rounds": self.num_rounds,
+        line = {"round": server_round, "rounds": self.num_rounds, **({"family": self.label} if self.label else {}),
                 **{k: finite_or_none(float(metrics[k])) for k in self.reported(metrics)},
                 "round_seconds": metrics.get("round_seconds")}  # fmt: skip
         with open(self.progress, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line) + "\n")
         extra = "".join(f" {label} {metrics[key]:.4f}" for key, label in (
             ("host_f1", "host f1"), ("site_f1", "| held-out site f1"), ("site_host_f1", "host f1")) if key in metrics)
-        log.info("round %d/%d: global loss %.4f acc %.4f f1 %.4f auc %.4f%s (%.1f s)", server_round,
-                 self.num_rounds, metrics["loss"], metrics["accuracy"], metrics["f1"], metrics["roc_auc"], extra,
+        log.info("%sround %d/%d: global loss %.4f acc %.4f f1 %.4f auc %.4f%s (%.1f s)",
+                 f"{self.label}: " if self.label else "", server_round, self.num_rounds, metrics["loss"],
+                 metrics["accuracy"], metrics["f1"], metrics["roc_auc"], extra,
                  metrics.get("round_seconds", 0.0))  # fmt: skip

@@ -36,12 +36,20 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout: float, expected: int) -> l
 
 def query_pipeline_state(grid: Grid, nodes: list[int], settings: PipelineSettings, timeout: float,
                          min_replies: int = 1) -> tuple[PipelineState, dict[int, int]]:  # fmt: skip
+    """(pipeline state, node ranks) of :func:`query_nodes`."""
+    state, ranks, _ = query_nodes(grid, nodes, settings, timeout, min_replies)
+    return state, ranks
+
+
+def query_nodes(grid: Grid, nodes: list[int], settings: PipelineSettings, timeout: float,
+                min_replies: int = 1) -> tuple[PipelineState, dict[int, int], dict[int, str]]:  # fmt: skip
     """Ask every node for its feature statistics; fit the pipeline state from the merge of the replies.
 
     A node that answers with an error or not at all is left out of the merge and named in a warning (it keeps
     its place in the federation: the training rounds treat its failures as Flower does); fewer than
     ``min_replies`` usable replies end the run with every node's reason. Also returns node id -> partition id
-    in simulation, which ranks nodes for seeded sampling and ordered aggregation (empty in a deployment)."""
+    in simulation, which ranks nodes for seeded sampling and ordered aggregation (empty in a deployment), and
+    node id -> the model family it trains (``node["model"]`` of its reply; "" when it names none)."""
     messages = [
         Message(content=RecordDict({"config": ConfigRecord({"log-transform": settings.log_transform})}),
                 dst_node_id=node, message_type=MessageType.QUERY)  # fmt: skip
@@ -65,4 +73,36 @@ def query_pipeline_state(grid: Grid, nodes: list[int], settings: PipelineSetting
     # Simulation is recognised by the runtime's complete set of partition ids (every node reports one); a real
     # gateway reports none, so one node's claim among gateways is never trusted.
     simulation = all(node_rank(content) is not None for content in contents.values())
-    return state, node_ranks(contents, simulation=simulation, num_partitions=len(nodes))
+    families = {node: str(content["node"].get("model", "")) if "node" in content else ""
+                for node, content in contents.items()}  # fmt: skip
+    return state, node_ranks(contents, simulation=simulation, num_partitions=len(nodes)), families
+
+
+class NodeSubsetGrid:
+    """A view of a Grid that lists only ``nodes`` (one family's nodes of a mixed federation): a strategy samples,
+    trains and evaluates among them only; everything else is delegated."""
+
+    def __init__(self, grid: Grid, nodes: list[int]) -> None:
+        self._grid, self._nodes = grid, {int(n) for n in nodes}
+
+    def get_node_ids(self) -> list[int]:
+        return [n for n in self._grid.get_node_ids() if int(n) in self._nodes]
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
+
+
+def group_by_family(nodes: list[int], families: dict[int, str], names: list[str]) -> dict[str, list[int]]:
+    """Family -> its nodes, in the order of ``names`` (the run's families; a node that named none trains the first);
+    a node naming a family outside the run stops it with one line."""
+    groups: dict[str, list[int]] = {name: [] for name in names}
+    for node in nodes:
+        family = families.get(int(node)) or names[0]
+        if family not in groups:
+            raise RuntimeError(f"node {node} trains model family {family!r}, which is not one of the run's "
+                               f"({', '.join(names)}): set model.families or the node config's model")  # fmt: skip
+        groups[family].append(int(node))
+    empty = [name for name, members in groups.items() if not members]
+    if empty:
+        log.warning("model families without a node (not trained): %s", ", ".join(empty))
+    return {name: members for name, members in groups.items() if members}

@@ -35,18 +35,36 @@ def out_dir_of(spec: RunSpec, run_id: int) -> Path:
 
 
 def write_checkpoints(out_dir: Path, model_spec: ModelSpec, final_state: dict, evaluation: CentralEvaluation,
-                      state: PipelineState, num_rounds: int, graph: dict | None = None) -> None:  # fmt: skip
+                      state: PipelineState, num_rounds: int, graph: dict | None = None,
+                      suffix: str = "") -> None:  # fmt: skip
+    """``final<suffix>.pt``, ``best<suffix>.pt`` (suffix ``_<family>`` in a mixed federation), ``pipeline.json``."""
     state_json = state.to_json()
     best = evaluation.best
-    save_checkpoint(out_dir / "final.pt", model_spec, final_state, state_json, num_rounds, graph)
-    save_checkpoint(out_dir / "best.pt", model_spec, best["state_dict"] or final_state, state_json, best["round"],
-                    graph)  # fmt: skip
+    save_checkpoint(out_dir / f"final{suffix}.pt", model_spec, final_state, state_json, num_rounds, graph)
+    save_checkpoint(out_dir / f"best{suffix}.pt", model_spec, best["state_dict"] or final_state, state_json,
+                    best["round"], graph)  # fmt: skip
     state.save(out_dir / "pipeline.json")
 
 
+FAMILY_KEYS = ("nodes", "strategy", "model_spec", "test_records", "rounds", "final", "best_round")
+
+
 def write_metrics(out_dir: Path, spec: RunSpec, strategy, evaluation: CentralEvaluation, *, nodes: int,
-                  state: PipelineState, model_spec: ModelSpec, seconds: float, data: dict) -> dict:  # fmt: skip
-    """``metrics.json``: the run config as run, per-round metrics and decisions, the final round's metrics."""
+                  state: PipelineState, model_spec: ModelSpec, seconds: float, data: dict,
+                  families: dict[str, dict] | None = None) -> dict:  # fmt: skip
+    """``metrics.json``: the run config as run, per-round metrics and decisions, the final round's metrics; in a
+    mixed federation the top level is ``model.name``'s family and ``families`` holds every family's part."""
+    summary = metrics_summary(spec, strategy, evaluation, nodes=nodes, state=state, model_spec=model_spec,
+                              seconds=seconds, data=data)  # fmt: skip
+    if families:
+        summary["families"] = {name: {k: part[k] for k in FAMILY_KEYS} for name, part in families.items()}
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return summary
+
+
+def metrics_summary(spec: RunSpec, strategy, evaluation: CentralEvaluation, *, nodes: int, state: PipelineState,
+                    model_spec: ModelSpec, seconds: float, data: dict) -> dict:  # fmt: skip
+    """The content of ``metrics.json`` for one family's strategy and evaluation."""
 
     def clean(metrics: dict) -> dict:
         return {k: finite_or_none(v) for k, v in metrics.items()}
@@ -75,5 +93,4 @@ def write_metrics(out_dir: Path, spec: RunSpec, strategy, evaluation: CentralEva
         "best_round": evaluation.best["round"],
         "seconds": seconds,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return summary

@@ -48,6 +48,17 @@ def check_model(spec: RunSpec) -> None:
         get_family(name).resolve(spec.model.params)
     except ValueError as err:
         raise SimulationConfigError(f"model.params: {err}") from None
+    try:
+        mixed = spec.model.family_names()
+    except RunSpecError as err:
+        raise SimulationConfigError(str(err)) from None
+    unknown = [family for family in mixed if family not in family_names()]
+    if unknown:
+        raise SimulationConfigError(f"model.families: {', '.join(unknown)} not a model family; families: "
+                                    f"{', '.join(family_names())}")  # fmt: skip
+    if len(mixed) > spec.partition.n_clients:
+        raise SimulationConfigError(f"model.families lists {len(mixed)} families for {spec.partition.n_clients} "
+                                    "clients: every family needs a client")  # fmt: skip
 
 
 def check_config(cfg: DictConfig) -> tuple[RunSpec, LauncherSpec, DataSettings]:
@@ -156,7 +167,8 @@ class ProgressFollower(threading.Thread):
             hosts = "".join(f" {label} {r[key]:.4f}" for key, label in (
                 ("host_f1", "host f1"), ("site_f1", "| held-out site f1"), ("site_host_f1", "host f1"))
                 if r.get(key) is not None)  # fmt: skip
-            print(f"round {r['round']}/{r['rounds']}: global loss {r['loss']:.4f} acc {r['accuracy']:.4f} "
+            family = f"{r['family']}: " if r.get("family") else ""
+            print(f"{family}round {r['round']}/{r['rounds']}: global loss {r['loss']:.4f} acc {r['accuracy']:.4f} "
                   f"f1 {r['f1']:.4f} auc {r['roc_auc']:.4f}{hosts}{seconds}", flush=True)  # fmt: skip
 
     def stop(self) -> None:

@@ -176,30 +176,31 @@ def test_litert_agrees_with_pytorch_on_real_windows(graph_runs, graph_bundles, s
             assert np.mean((flows >= 0.5) == (sigmoid(edges) >= 0.5)) > 0.98
 
 
-def _gateway_graphs(path: Path, bundle, settings: GraphSettings, lateness: float = 60.0) -> tuple[list, Counter]:
+def _gateway_graphs(path: Path, pipeline, settings: GraphSettings, lateness: float = 60.0,
+                    source_name: str = "unsw-nb15-raw") -> tuple[list, Counter]:  # fmt: skip
     """The gateway path on a file: FlowSource -> encode_flows -> WindowCutter -> window_graphs."""
     from gateway.graph_serve import site_name
     from gateway.graph_stream import WindowCutter, encode_flows, window_graphs
     from gateway.sources import FlowSource
 
     source = FlowSource(path)
-    cutter = WindowCutter(settings, lateness, bundle.pipeline.n_outputs)
+    cutter = WindowCutter(settings, lateness, pipeline.n_outputs)
     malformed, counts, graphs, batch, seq = Counter(), Counter(), [], [], 0
 
     def close(windows):
         for window in windows:
-            graphs.extend(window_graphs(window, settings, site_name("unsw-nb15-raw", path.name), 10**6, 10**6,
+            graphs.extend(window_graphs(window, settings, site_name(source_name, path.name), 10**6, 10**6,
                                         counts))  # fmt: skip
 
     for record in source:
         if record is not None:
             batch.append(record)
         if len(batch) == 97:  # batches that do not line up with windows
-            flows = encode_flows(batch, bundle.pipeline, malformed, seq)
+            flows = encode_flows(batch, pipeline, malformed, seq)
             seq += len(flows)
             close(cutter.add(flows)[0])
             batch = []
-    flows = encode_flows(batch, bundle.pipeline, malformed, seq)
+    flows = encode_flows(batch, pipeline, malformed, seq)
     close(cutter.add(flows)[0])
     close(cutter.finish())
     return graphs, counts + cutter.counts
@@ -212,13 +213,33 @@ def test_the_gateway_builds_the_training_graphs_of_a_window(data_dir, graph_bund
     table, pipeline, _ = served_graphs
     expected, _ = graphs_from_table(table, pipeline, settings)
     path = data_dir / "unsw-nb15" / "raw" / RAW_FILE
-    got, counts = _gateway_graphs(path, load_bundle(graph_bundles["gcn"]), settings)
+    got, counts = _gateway_graphs(path, load_bundle(graph_bundles["gcn"]).pipeline, settings)
     assert len(got) == len(expected) > 5 and counts["late"] == 0 and counts["unplaced"] == 0
     for mine, theirs in zip(got, expected):
         assert mine.same_as(theirs), mine.window
     # a shorter lateness than the file's disorder (up to 60 s back) cuts other windows, and counts the late flows
-    other, counts = _gateway_graphs(path, load_bundle(graph_bundles["gcn"]), settings, lateness=0.0)
+    other, counts = _gateway_graphs(path, load_bundle(graph_bundles["gcn"]).pipeline, settings, lateness=0.0)
     assert counts["late"] > 0 and sum(g.n_edges for g in other) == len(table)
+
+
+def test_a_zeek_capture_gives_the_training_graphs_when_lateness_covers_its_disorder(data_dir):
+    """IoT-23 42-1: Zeek logs a connection when it ends, stamped with its start, so 20% of its flows come more than
+    60 s after later ones (up to 8 hours). A lateness that covers that cuts the training windows exactly; the
+    default 60 s counts the late flows and still scores every one."""
+    from flows.graphs.from_table import graphs_from_table
+    from flows.loader import load_file
+    from flows.pipeline import FeaturePipeline
+
+    path = data_dir / "iot-23" / "CTU-IoT-Malware-Capture-42-1.conn.log.labeled"
+    table = load_file("iot-23", path)
+    pipeline = FeaturePipeline().fit(table).state_
+    for settings in (SETTINGS, GraphSettings(window="seconds", seconds=60.0)):
+        expected, _ = graphs_from_table(table, pipeline, settings)
+        got, counts = _gateway_graphs(path, pipeline, settings, lateness=1e9, source_name="iot-23")
+        assert len(got) == len(expected) > 10 and counts["late"] == 0
+        assert all(mine.same_as(theirs) for mine, theirs in zip(got, expected))
+        streamed, counts = _gateway_graphs(path, pipeline, settings, source_name="iot-23")
+        assert counts["late"] > 0 and sum(g.n_edges for g in streamed) == len(table)
 
 
 def test_host_graph_manifests_are_checked(graph_bundles):

@@ -80,8 +80,11 @@ def attack_report(attack: AttackConfig, n_clients: int, seed: int, settings: Dat
     malicious = malicious_partitions(n_clients, attack.fraction, seed)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     per_round = screening_scores(metrics["rounds"], set(malicious))
+    final = out_dir / "final.pt"  # a mixed federation: the top-level family's final_<family>.pt
+    if not final.is_file():
+        final = out_dir / f"final_{metrics['model_spec']['family']}.pt"
     report = {"attack": attack.name, "fraction": attack.fraction, "malicious_partitions": malicious,
-              "screening": per_round, **attack_success(attack, out_dir / "final.pt", settings)}  # fmt: skip
+              "screening": per_round, **attack_success(attack, final, settings)}  # fmt: skip
     if per_round:
         precisions = [r["precision"] for r in per_round if r["precision"] is not None]
         report["screening_precision"] = float(np.mean(precisions)) if precisions else None

@@ -196,3 +196,50 @@ def test_screened_federated_gcn_with_a_held_out_site(tmp_path, data_dir):
         assert all(d["verdict"] in ("accept", "reject") and d["scores"]["norm"] > 0 for d in r["screening"])
     for key in ("f1", "host_f1", "site_f1", "site_host_f1", "site_roc_auc"):
         assert 0.0 <= metrics["final"][key] <= 1.0, key
+
+
+# --- mixed federations (deliverable 4) ----------------------------------------------------------------------------
+def test_families_are_assigned_by_partition_id_or_the_node_config(data_dir):
+    from conf.schema import RunSpecError
+    from fl_server.nodes import group_by_family
+
+    model = graph_spec(data_dir, model={"families": "cnn_lstm+gcn"}).model
+    assert model.family_names() == ["cnn_lstm", "gcn"]
+    assert [model.family_of({"partition-id": i}) for i in range(4)] == ["cnn_lstm", "gcn", "cnn_lstm", "gcn"]
+    assert model.family_of({"data-path": "x", "model": "gcn"}) == "gcn"  # a gateway's node config decides
+    assert graph_spec(data_dir).model.family_names() == ["gcn"]
+    with pytest.raises(RunSpecError, match="including model.name"):
+        graph_spec(data_dir, model={"families": "cnn_lstm+xgb"}).model.family_names()
+    mixed = graph_spec(data_dir, model={"name": "cnn_lstm", "families": "cnn_lstm+gcn"}, simulation={"split": "auto"})
+    assert data_settings(mixed).split == "chronological"  # one family reads host graphs: every family's split
+    groups = group_by_family([11, 12, 13], {11: "gcn", 12: "cnn_lstm", 13: "gcn"}, ["cnn_lstm", "gcn"])
+    assert groups == {"cnn_lstm": [12], "gcn": [11, 13]}
+    with pytest.raises(RuntimeError, match="node 13 trains model family 'xgb'"):
+        group_by_family([12, 13], {12: "gcn", 13: "xgb"}, ["cnn_lstm", "gcn"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_mixed_cnn_lstm_and_gcn_federation_saves_both_global_models(tmp_path, data_dir):
+    from models.checkpoint import load_checkpoint
+    from tests.test_flower_app import _assert_nothing_left, _run_simulation
+
+    out_dir = tmp_path / "out"
+    args = [f"hydra.run.dir={out_dir}", *FED_RUN, "model.families=cnn_lstm+gcn", "partition.n_clients=10",
+            "simulation.num_rounds=2", "strategy=fedavg"]  # fmt: skip
+    run = _run_simulation(args, tmp_path / "run.log", data_dir, timeout=360)
+    assert run.returncode == 0, run.output[-3000:]
+    assert "cnn_lstm: round 2/2: global" in run.output and "gcn: round 2/2: global" in run.output
+    _assert_nothing_left(run, out_dir)
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    families = metrics["families"]
+    assert sorted(families) == ["cnn_lstm", "gcn"] and metrics["model_spec"]["family"] == "gcn"
+    for name, part in families.items():
+        assert part["nodes"] == 5 and part["model_spec"]["family"] == name
+        even = name == "cnn_lstm"  # partition ids 0, 2, 4, ... train cnn_lstm; 1, 3, 5, ... gcn
+        for r in part["rounds"][1:]:
+            assert sorted(c["partition-id"] for c in r["clients_train"]) == list(range(0 if even else 1, 10, 2))
+        assert 0.0 <= part["final"]["f1"] <= 1.0 and ("host_f1" in part["final"]) == (name == "gcn")
+        checkpoint = load_checkpoint(out_dir / f"final_{name}.pt")
+        assert checkpoint.spec.family == name and (out_dir / f"best_{name}.pt").is_file()
+    assert not (out_dir / "final.pt").exists()

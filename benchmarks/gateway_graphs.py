@@ -35,8 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def train_checkpoint(data_dir: Path, out: Path, variant: str) -> Path:
-    """A default-architecture host-graph model, a few epochs on raw UNSW-NB15 windows of 256 flows."""
+def train_checkpoint(data_dir: Path, out: Path, variant: str, dataset: str = "unsw-nb15-raw",
+                     train_file: Path | None = None) -> Path:  # fmt: skip
+    """A default-architecture host-graph model, a few epochs on windows of 256 flows: raw UNSW-NB15 rows 3000 on,
+    or all of ``train_file`` (a ``dataset`` file, say a Zeek capture to serve)."""
     import torch
 
     from flows.graphs import GraphSettings
@@ -48,9 +50,12 @@ def train_checkpoint(data_dir: Path, out: Path, variant: str) -> Path:
 
     torch.set_num_threads(1)
     settings = GraphSettings(flows=256)
-    table = load_file("unsw-nb15-raw", data_dir / "unsw-nb15" / "raw" / "UNSW-NB15_1.first20000.csv")
-    table = table.subset(list(range(3000, len(table))))
-    pipeline = FeaturePipeline(PipelineConfig(nonfinite="error")).fit(table).state_
+    if train_file is None:
+        table = load_file("unsw-nb15-raw", data_dir / "unsw-nb15" / "raw" / "UNSW-NB15_1.first20000.csv")
+        table = table.subset(list(range(3000, len(table))))
+    else:
+        table = load_file(dataset, train_file)
+    pipeline = FeaturePipeline(PipelineConfig(nonfinite="impute")).fit(table).state_
     graphs, _ = graphs_from_table(table, pipeline, settings)
     spec = ModelSpec("gcn", pipeline.n_outputs, {"variant": variant})
     torch.manual_seed(0)
@@ -147,12 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="a host-graph run's final.pt (default: train one briefly)")
     parser.add_argument("--variant", default="gcn", choices=["gcn", "egraphsage"], help="network when training")
     parser.add_argument("--source", help="capture to serve (default: raw/UNSW-NB15_1.first20000.csv)")
+    parser.add_argument("--train-on-source", metavar="DATASET",
+                        help="train the model on --source itself, read as this data set (iot-23, stratosphere)")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
     data_dir = Path(os.environ.get("BOTDEFENDER_DATA_DIR", REPO.parent / "shared" / "data"))
     source = Path(args.source) if args.source else data_dir / "unsw-nb15" / "raw" / "UNSW-NB15_1.first20000.csv"
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = Path(args.checkpoint) if args.checkpoint else train_checkpoint(data_dir, Path(tmp), args.variant)
+        if args.checkpoint:
+            checkpoint = Path(args.checkpoint)
+        elif args.train_on_source:
+            checkpoint = train_checkpoint(data_dir, Path(tmp), args.variant, args.train_on_source, source)
+        else:
+            checkpoint = train_checkpoint(data_dir, Path(tmp), args.variant)
         from gateway.export import export_bundle
 
         bundle = Path(tmp) / "bundle"

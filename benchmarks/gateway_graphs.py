@@ -1,6 +1,8 @@
 """Host-graph models on the gateway: per-window latency on one thread, flows per second, and where the time goes.
 
-    python benchmarks/gateway_graphs.py [--checkpoint RUN/final.pt] [--source FILE] [--runs 3]
+    python benchmarks/gateway_graphs.py [--checkpoint RUN/final.pt] [--variant egraphsage] [--runs 3]
+    python benchmarks/gateway_graphs.py --source DATA/stratosphere/011-zeek-mixed.conn.log.labeled \
+        --train-on-source stratosphere
 
 Without ``--checkpoint`` it trains a GCN of the default architecture (hidden 64, 2 layers) for a few epochs on raw
 UNSW-NB15 (rows 3000 onwards of ``raw/UNSW-NB15_1.first20000.csv``, windows of 256 flows): speed does not depend

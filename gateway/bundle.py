@@ -14,7 +14,8 @@ the gateway before anything is loaded. Standard library and numpy only (the gate
      "files": {"model_fp32_b1.tflite.xz": "<sha256>", ...}}
 
 ``gateway_input`` says what the runtime feeds the model (``GATEWAY_INPUTS``; "flow_rows": one encoded row per
-flow, in batches of an exported batch size); ``family`` and ``family_params`` record the model family that made it
+flow, in batches of an exported batch size; "host_graphs": one window's host graph, padded to a model's
+``node_capacity`` and ``edge_capacity``, with the windowing and input order in the manifest's ``graph`` object); ``family`` and ``family_params`` record the model family that made it
 (informative: the runtime needs only the .tflite files). Schemas 1 and 2 predate them and are read as
 "flow_rows" bundles of an unrecorded family.
 

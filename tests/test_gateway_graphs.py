@@ -206,7 +206,8 @@ def _gateway_graphs(path: Path, pipeline, settings: GraphSettings, lateness: flo
     return graphs, counts + cutter.counts
 
 
-@pytest.mark.parametrize("settings", [SETTINGS, GraphSettings(window="seconds", seconds=10.0)], ids=["flows", "seconds"])
+@pytest.mark.parametrize("settings", [SETTINGS, GraphSettings(window="seconds", seconds=10.0)],
+                         ids=["flows", "seconds"])
 def test_the_gateway_builds_the_training_graphs_of_a_window(data_dir, graph_bundles, served_graphs, settings):
     from flows.graphs.from_table import graphs_from_table
 
@@ -291,7 +292,8 @@ def test_the_host_head_policy():
     def window(end: float, sent: dict[int, int], probs: list[float]) -> list:
         src = np.concatenate([np.full(k, node) for node, k in sent.items()]).astype(np.int64)
         graph = HostGraph(window=int(end), start=end - 1, end=end, site="", n_nodes=3,
-                          edge_index=np.stack([src, np.full(len(src), 2)]), edge_attr=np.zeros((len(src), 1), np.float32),
+                          edge_index=np.stack([src, np.full(len(src), 2)]),
+                          edge_attr=np.zeros((len(src), 1), np.float32),
                           node_attr=np.zeros((3, 12), np.float32), edge_label=np.zeros(len(src), np.int64),
                           node_label=np.zeros(3, np.int64), hosts=np.array(["a", "b", "c"], object),
                           flow_rows=np.arange(len(src), dtype=np.int64))  # fmt: skip

@@ -349,3 +349,25 @@ def test_export_verify_and_serve_a_capture_end_to_end(data_dir, graph_runs, serv
         offset += g.n_nodes
     assert isolated == flagged and {f"175.45.176.{i}" for i in range(4)} <= isolated, isolated
     assert summary["host_verdicts"].get("isolate", 0) == sum(h["action"] == "isolate" for h in hosts)
+
+
+def test_serve_follows_a_growing_capture_and_closes_the_last_window_at_idle_exit(data_dir, graph_bundles, tmp_path):
+    import time
+
+    lines = (data_dir / "unsw-nb15" / "raw" / RAW_FILE).read_text().splitlines(keepends=True)
+    capture = tmp_path / "growing.csv"
+    capture.write_text("".join(lines[:700]))
+    process = subprocess.Popen([sys.executable, "-c", BLOCKER, "serve", "--bundle", str(graph_bundles["gcn"]),
+                                "--source", str(capture), "--follow", "--idle-exit", "3", "--host-sink", ""],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(1.5)
+        with open(capture, "a") as handle:
+            handle.write("".join(lines[700:]))
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err[-2000:]
+    summary = json.loads(next(line for line in err.splitlines() if line.startswith("summary: "))[9:])
+    assert summary["scored"] == 3000 == len(out.splitlines()) and summary["graph"]["windows"] == 12

@@ -63,7 +63,8 @@ class Flows:
     def join(parts: Sequence["Flows"], n_features: int) -> "Flows":
         parts = [p for p in parts if len(p)]
         if not parts:
-            return Flows({k: np.zeros(0) for k in _ARRAYS}, np.zeros((0, n_features), np.float32), [])
+            columns = {k: np.zeros(0, dtype=object if k in ("src", "dst") else np.float64) for k in _ARRAYS}
+            return Flows(columns, np.zeros((0, n_features), np.float32), [])
         return Flows({k: np.concatenate([p.columns[k] for p in parts]) for k in _ARRAYS},
                      np.vstack([p.rows for p in parts]), [r for p in parts for r in p.records])  # fmt: skip
 

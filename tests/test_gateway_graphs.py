@@ -371,3 +371,23 @@ def test_serve_follows_a_growing_capture_and_closes_the_last_window_at_idle_exit
     assert process.returncode == 0, err[-2000:]
     summary = json.loads(next(line for line in err.splitlines() if line.startswith("summary: "))[9:])
     assert summary["scored"] == 3000 == len(out.splitlines()) and summary["graph"]["windows"] == 12
+
+
+def test_malformed_lines_are_counted_and_the_rest_windowed(data_dir, graph_bundles, tmp_path):
+    import io
+
+    from gateway.graph_engine import GraphModel
+    from gateway.graph_serve import GraphVerdictService
+    from gateway.sources import FlowSource
+
+    lines = (data_dir / "unsw-nb15" / "raw" / RAW_FILE).read_text().splitlines(keepends=True)[:600]
+    broken = lines[10].split(",")
+    broken[3] = "99999999"  # a destination port out of range
+    capture = tmp_path / "bad.csv"
+    capture.write_text("".join(lines[:10]) + ",".join(broken) + "a,b,c\n" + "".join(lines[11:]))
+    bundle = load_bundle(graph_bundles["gcn"])
+    out = io.StringIO()
+    service = GraphVerdictService(bundle, GraphModel(bundle), out, [])
+    report = service.run(FlowSource(capture), 256)
+    assert sum(report.malformed.values()) == 2 and report.scored == 599 == len(out.getvalue().splitlines())
+    assert service.graph_summary()["windows"] == 3  # 256 + 256 + 87 flows

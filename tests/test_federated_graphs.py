@@ -133,6 +133,27 @@ def test_data_attacks_reach_the_graphs_edge_labels_and_features(data_dir):
     assert len(np.unique(edges, axis=0)) > len(np.unique(clean_edges, axis=0))  # triggered edge features planted
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["partition.n_clients=11"], "10 site(s)"),
+    (["dataset.holdout_site=nonesuch.log"], "is not one site of the data set"),
+    (["model.families=cnn_lstm+nonesuch"], "including model.name"),
+    (["model=cnn_lstm", "simulation.split=random", "dataset.holdout_site=" + HOLDOUT], "needs the chronological"),
+])  # fmt: skip
+def test_bad_graph_federations_fail_before_anything_starts(tmp_path, data_dir, overrides, message):
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "simulation", f"hydra.run.dir={tmp_path}", "model=gcn", "dataset=captures",
+            "partition=by_site", "simulation.subsample=4000", *overrides]  # fmt: skip
+    done = subprocess.run(args, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "BOTDEFENDER_DATA_DIR": str(data_dir)})  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last and "Traceback" not in done.stderr, last
+    assert not (tmp_path / "flwr-home").exists()
+
+
 # --- slow: the federated GCN end to end ---------------------------------------------------------------------------
 FED_RUN = ["model=gcn", "dataset=captures", "partition=by_site", "simulation.subsample=8000", "graph.flows=100",
            "simulation.local_epochs=3", "simulation.batch_size=8", "simulation.lr=0.01",

@@ -6,7 +6,8 @@ Load the data set, optionally take a seeded stratified subsample, then split int
 * ``split="chronological"`` (host-graph models): the rows are cut into host-graph windows (``graph``) site by
   site; the latest ``test_size`` share of each site's windows is test, so no window is on both sides (flows that
   fit no window are dropped and counted); ``holdout_site`` takes one whole site out of the federation: none of
-  its rows is trained on, the server evaluates on all its windows separately (:func:`holdout_site_table`).
+  its rows is trained on, the server evaluates on all its windows separately (:func:`holdout_site_table`); a
+  server root set (``root_size``) is carved from the test side as whole windows.
 
 Clients see only TRAIN rows (partitioned by :mod:`flows.partitioning`); the TEST rows stay with the server for
 central evaluation. Cached per process, so a Ray actor reads the data once.
@@ -98,6 +99,18 @@ def chronological_rows(table: FlowTable, test_size: float, graph: GraphSettings)
             np.flatnonzero(np.isin(window, ids[split.test])).astype(np.int64))  # fmt: skip
 
 
+def _carve_windows(test: FlowTable, settings: DataSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, carved) rows of ``test``: seeded whole windows until the carved side holds ``root_size`` flows."""
+    from flows.graphs.from_table import table_windows
+
+    window, _ = table_windows(test, settings.graph)
+    ids, sizes = np.unique(window[window >= 0], return_counts=True)
+    order = np.random.default_rng(settings.seed + 1).permutation(len(ids))
+    n_windows = int(np.searchsorted(np.cumsum(sizes[order]), settings.root_size)) + 1
+    carved = np.isin(window, ids[order[:n_windows]])
+    return np.flatnonzero(~carved).astype(np.int64), np.flatnonzero(carved).astype(np.int64)
+
+
 @lru_cache(maxsize=2)
 def _load_split(settings: DataSettings) -> tuple[FlowTable, FlowTable, FlowTable | None, FlowTable | None]:
     table = load_dataset(settings.dataset, settings.data_dir or None, file=settings.file or None,
@@ -125,7 +138,10 @@ def _load_split(settings: DataSettings) -> tuple[FlowTable, FlowTable, FlowTable
     if settings.root_size > 0:
         if settings.root_size >= len(test_index) // 2:
             raise ValueError(f"root_size {settings.root_size} must be below half the {len(test_index)} test records")
-        labels = table.frame[LABEL].to_numpy()[test_index]
-        rest, carved = stratified_split(labels, settings.root_size / len(test_index), settings.seed + 1)
+        if settings.split == "chronological":  # whole test windows, so no test graph loses flows
+            rest, carved = _carve_windows(table.subset(test_index), settings)
+        else:
+            labels = table.frame[LABEL].to_numpy()[test_index]
+            rest, carved = stratified_split(labels, settings.root_size / len(test_index), settings.seed + 1)
         root, test_index = table.subset(test_index[carved]), test_index[rest]
     return table.subset(train_index), table.subset(test_index), root, holdout

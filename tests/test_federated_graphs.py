@@ -264,3 +264,19 @@ def test_a_mixed_cnn_lstm_and_gcn_federation_saves_both_global_models(tmp_path, 
         checkpoint = load_checkpoint(out_dir / f"final_{name}.pt")
         assert checkpoint.spec.family == name and (out_dir / f"best_{name}.pt").is_file()
     assert not (out_dir / "final.pt").exists()
+
+
+def test_a_chronological_root_set_is_whole_test_windows(data_dir):
+    from flows.run_split import server_root
+
+    s = settings(data_dir, root_size=300)
+    _, test = load_split(s)
+    root = server_root(s)
+    assert 300 <= len(root) < 300 + 100  # whole 100-flow windows, just past root_size
+    _, full_test = load_split(settings(data_dir))
+    assert len(test) + len(root) == len(full_test)
+    for side in (test, root):  # both sides are whole windows of the same test windows: none split
+        windows, _ = table_windows(side, WINDOWS)
+        assert np.bincount(windows[windows >= 0]).max() <= 100
+    keys = set(zip(root.frame[START_TIME], root.sites()))
+    assert not keys & set(zip(test.frame[START_TIME], test.sites()))

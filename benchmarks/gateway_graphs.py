@@ -120,7 +120,7 @@ def in_process(bundle_dir: Path, source: Path, variant: str, runs: int) -> dict:
             b = time.perf_counter()
             graph = graphs[0]
             runner = next(r for r in model.runners if graph.n_edges <= r.edges and graph.n_nodes <= r.nodes)
-            values = model_inputs(graph, model.network, runner.nodes, runner.edges)
+            values = model_inputs(graph, model.structure, runner.nodes, runner.edges)
             c = time.perf_counter()
             for detail, value in zip(runner.inputs, values):
                 runner.interpreter.set_tensor(detail["index"], value)

@@ -39,7 +39,7 @@ def export_graph_models(checkpoint, model: nn.Module, out_dir: Path, options) ->
                           "reads encoded flow rows)")  # fmt: skip
     family = checkpoint.family
     settings = GraphSettings(**checkpoint.graph) if checkpoint.graph is not None else GraphSettings()
-    variant = str(checkpoint.spec.params.get("variant", "gcn"))
+    structure = family.graph_structure(checkpoint.spec.params)  # what the exported form aggregates over
     capacities = options.capacities or default_capacities(settings)
     models: dict[str, dict] = {}
     int8_problem = None
@@ -61,8 +61,8 @@ def export_graph_models(checkpoint, model: nn.Module, out_dir: Path, options) ->
                 models[f"int8_b{edges}"]["quantization"] = "dynamic"
     if int8_problem is not None:  # int8 for every capacity or none
         models = {key: entry for key, entry in models.items() if entry["variant"] == "fp32"}
-    graph = {"settings": dataclasses.asdict(settings), "variant": variant, "node_features": list(NODE_FEATURES),
-             "inputs": list(INPUTS[variant]), "output": "flow logits (edge capacity), then host logits (node capacity)"}
+    graph = {"settings": dataclasses.asdict(settings), "structure": structure, "node_features": list(NODE_FEATURES),
+             "inputs": list(INPUTS[structure]), "output": "flow logits (edge capacity), then host logits (node capacity)"}
     if int8_problem is not None:
         graph["int8"] = f"not shipped: {int8_problem}"
     return models, graph

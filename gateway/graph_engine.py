@@ -18,7 +18,7 @@ from gateway.graph_inputs import INPUTS, model_inputs
 class _GraphRunner:
     """One interpreter for one (node capacity, edge capacity)."""
 
-    def __init__(self, model: bytes, nodes: int, edges: int, variant: str, n_features: int,
+    def __init__(self, model: bytes, nodes: int, edges: int, structure: str, n_features: int,
                  num_threads: int, where: str) -> None:  # fmt: skip
         from ai_edge_litert.interpreter import Interpreter
 
@@ -26,19 +26,19 @@ class _GraphRunner:
         self.interpreter.allocate_tensors()
         self.inputs = self.interpreter.get_input_details()
         self.output = self.interpreter.get_output_details()[0]
-        self.nodes, self.edges, self.variant = nodes, edges, variant
-        structure = [(nodes, nodes)] if variant == "gcn" else [(nodes, edges), (nodes, edges)]
-        expected = [(nodes, len(NODE_FEATURES)), (edges, n_features), (edges,), (edges,), *structure]
+        self.nodes, self.edges, self.structure = nodes, edges, structure
+        shapes = [(nodes, nodes)] if structure == "normalised_adjacency" else [(nodes, edges), (nodes, edges)]
+        expected = [(nodes, len(NODE_FEATURES)), (edges, n_features), (edges,), (edges,), *shapes]
         got = [tuple(int(d) for d in detail["shape"]) for detail in self.inputs]
         if got != expected or tuple(int(d) for d in self.output["shape"]) != (edges + nodes,):
-            raise BundleError(f"{where}: the model's inputs {got} are not the {variant} inputs "
-                              f"{list(INPUTS[variant])} of shapes {expected}")  # fmt: skip
+            raise BundleError(f"{where}: the model's inputs {got} are not the {structure} inputs "
+                              f"{list(INPUTS[structure])} of shapes {expected}")  # fmt: skip
         if any(d["dtype"] not in (np.float32, np.int32) for d in self.inputs) or self.output["dtype"] != np.float32:
             raise BundleError(f"{where}: a host-graph model takes float32/int32 inputs and gives float32 logits")
 
     def logits(self, graph: HostGraph) -> tuple[np.ndarray, np.ndarray]:
         """(flow logits (E,), host logits (N,)) of ``graph``."""
-        for detail, value in zip(self.inputs, model_inputs(graph, self.variant, self.nodes, self.edges)):
+        for detail, value in zip(self.inputs, model_inputs(graph, self.structure, self.nodes, self.edges)):
             self.interpreter.set_tensor(detail["index"], value)
         self.interpreter.invoke()
         out = self.interpreter.get_tensor(self.output["index"])
@@ -56,10 +56,10 @@ class GraphModel:
         if list(graph["node_features"]) != list(NODE_FEATURES):
             raise BundleError(f"{bundle.path}: 'graph.node_features' are not the node features this gateway "
                               f"computes ({', '.join(NODE_FEATURES)})")  # fmt: skip
-        self.network = str(graph["variant"])
-        if list(graph["inputs"]) != list(INPUTS[self.network]):
-            raise BundleError(f"{bundle.path}: 'graph.inputs' must be {list(INPUTS[self.network])} for a "
-                              f"{self.network} model, got {graph['inputs']}")  # fmt: skip
+        self.structure = str(graph["structure"])
+        if list(graph["inputs"]) != list(INPUTS[self.structure]):
+            raise BundleError(f"{bundle.path}: 'graph.inputs' must be {list(INPUTS[self.structure])} for a "
+                              f"{self.structure} model, got {graph['inputs']}")  # fmt: skip
         self.bundle = bundle
         self.variant = variant or bundle.manifest["default_model"]
         n_features = int(bundle.manifest["features"]["n_features"])
@@ -67,7 +67,7 @@ class GraphModel:
         for size in bundle.batch_sizes:
             entry = bundle.model_entry(self.variant, size)
             self.runners.append(_GraphRunner(bundle.model_content(self.variant, size), int(entry["node_capacity"]),
-                                             int(entry["edge_capacity"]), self.network, n_features, num_threads,
+                                             int(entry["edge_capacity"]), self.structure, n_features, num_threads,
                                              str(bundle.path / entry["file"])))  # fmt: skip
         self.runners.sort(key=lambda r: (r.edges, r.nodes))
         self.threshold = bundle.threshold

@@ -1,9 +1,11 @@
 """A host graph -> the fixed-shape inputs of an exported host-graph model (numpy only).
 
-The exported form (:mod:`models.gcn.export_form`) takes the graph structure as inputs: what GCNConv and the
+A host-graph family's exported form takes the graph structure as inputs: what graph convolution and the
 mean aggregation compute with scatter ops at training time is computed here with numpy, padded to the model's
 node capacity N and edge capacity E. Inputs, in the model's order: ``x (N, 12)``, ``edge_attr (E, F)``,
-``src (E,)``, ``dst (E,)`` (int32), then ``adj (N, N)`` for ``gcn`` or ``m_in, m_out (N, E)`` for ``egraphsage``.
+``src (E,)``, ``dst (E,)`` (int32), then the structure the model aggregates over (its ``graph.structure`` in the
+manifest): ``adj (N, N)`` for ``normalised_adjacency`` (graph convolution) or ``m_in, m_out (N, E)`` for
+``mean_incidence`` (mean aggregation over each host's incoming and outgoing flows).
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import numpy as np
 
 from flows.graphs.hostgraph import HostGraph
 
-VARIANTS = ("gcn", "egraphsage")
-#: the exported models' inputs, in order (models.gcn.export_form.input_names; a test checks they agree)
-INPUTS = {"gcn": ("x", "edge_attr", "src", "dst", "adj"),
-          "egraphsage": ("x", "edge_attr", "src", "dst", "m_in", "m_out")}  # fmt: skip
+#: the exported models' inputs per graph structure, in order (the export form's input names; a test checks them)
+INPUTS = {"normalised_adjacency": ("x", "edge_attr", "src", "dst", "adj"),
+          "mean_incidence": ("x", "edge_attr", "src", "dst", "m_in", "m_out")}  # fmt: skip
+STRUCTURES = tuple(INPUTS)
 
 
-def gcn_adjacency(src: np.ndarray, dst: np.ndarray, n: int, capacity: int) -> np.ndarray:
+def normalised_adjacency(src: np.ndarray, dst: np.ndarray, n: int, capacity: int) -> np.ndarray:
     """``D^-1/2 (A + I) D^-1/2`` padded to (capacity, capacity): A counts every flow between two different hosts
     in both directions (parallel flows add up); every host has one self loop of weight 1, whatever its
     self-loop flows (GCNConv's ``add_remaining_self_loops`` on unweighted edges)."""
@@ -43,10 +45,11 @@ def mean_incidence(target: np.ndarray, n_edges: int, nodes: int, edges: int) -> 
     return incidence
 
 
-def model_inputs(graph: HostGraph, variant: str, nodes: int, edges: int) -> list[np.ndarray]:
-    """The padded inputs of ``graph`` for a model of ``nodes`` x ``edges`` capacity, in the model's order."""
-    if variant not in VARIANTS:
-        raise ValueError(f"host-graph variant must be one of {VARIANTS}, got {variant!r}")
+def model_inputs(graph: HostGraph, structure: str, nodes: int, edges: int) -> list[np.ndarray]:
+    """The padded inputs of ``graph`` for a model of ``structure`` and ``nodes`` x ``edges`` capacity, in the
+    model's order."""
+    if structure not in STRUCTURES:
+        raise ValueError(f"host-graph structure must be one of {STRUCTURES}, got {structure!r}")
     n, e = graph.n_nodes, graph.n_edges
     if n > nodes or e > edges:
         raise ValueError(f"window {graph.window}: {n} hosts and {e} flows do not fit a model of {nodes} hosts and "
@@ -58,8 +61,8 @@ def model_inputs(graph: HostGraph, variant: str, nodes: int, edges: int) -> list
     src, dst = np.zeros(edges, dtype=np.int32), np.zeros(edges, dtype=np.int32)
     src[:e], dst[:e] = graph.edge_index[0], graph.edge_index[1]
     inputs = [x, edge_attr, src, dst]
-    if variant == "gcn":
-        inputs.append(gcn_adjacency(graph.edge_index[0], graph.edge_index[1], n, nodes))
+    if structure == "normalised_adjacency":
+        inputs.append(normalised_adjacency(graph.edge_index[0], graph.edge_index[1], n, nodes))
     else:
         inputs.append(mean_incidence(graph.edge_index[1], e, nodes, edges))
         inputs.append(mean_incidence(graph.edge_index[0], e, nodes, edges))

@@ -26,7 +26,7 @@ from typing import Callable, Collection, Mapping, NoReturn
 
 READABLE_SCHEMAS = (1, 2, 3)
 GATEWAY_INPUTS = ("flow_rows", "host_graphs")  # what this runtime can feed a model
-GRAPH_VARIANTS = ("gcn", "egraphsage")  # host-graph models whose fixed-shape inputs this runtime builds
+GRAPH_STRUCTURES = ("normalised_adjacency", "mean_incidence")  # host-graph model inputs this runtime builds
 WINDOW_KINDS = ("flows", "seconds")  # flows.graphs.settings.WINDOW_KINDS (a test checks they agree)
 LEGACY_GATEWAY_INPUT = "flow_rows"  # the input of every bundle written before gateway_input was recorded
 COMPRESSIONS = ("xz", "none")
@@ -180,10 +180,10 @@ GRAPH_SETTINGS = record({
     "seconds": kind(lambda v: is_finite(v) and v > 0, "a positive finite number"), "min_flows": POSITIVE_INT,
 }, required=("window", "flows", "seconds", "min_flows"))  # fmt: skip
 GRAPH = record({"settings": GRAPH_SETTINGS,
-                "variant": kind(lambda v: v in GRAPH_VARIANTS, f"one of {', '.join(GRAPH_VARIANTS)}"),
+                "structure": kind(lambda v: v in GRAPH_STRUCTURES, f"one of {', '.join(GRAPH_STRUCTURES)}"),
                 "node_features": list_of(STRING, "a non-empty list of strings", non_empty=True),
                 "inputs": list_of(STRING, "a non-empty list of strings", non_empty=True)},
-               required=("settings", "variant", "node_features", "inputs"))  # fmt: skip
+               required=("settings", "structure", "node_features", "inputs"))  # fmt: skip
 REQUIRED = ("model_version", "features", "pipeline", "threshold", "models", "default_model", "batch_sizes", "files")
 
 

@@ -21,6 +21,7 @@ from conftest import RAW_FILE, TRAIN_FILE
 from flows.graphs import GraphSettings, HostGraph
 from gateway.bundle import load_bundle
 from gateway.manifest import ManifestError, check_manifest
+from models.gcn.export_form import STRUCTURE
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = GraphSettings(flows=256)
@@ -113,8 +114,8 @@ def test_the_runtime_and_the_export_form_agree_on_names():
     from models.gcn.params import VARIANTS
 
     assert graph_stream.TRAFFIC_COLUMNS == TRAFFIC_COLUMNS
-    assert manifest.WINDOW_KINDS == WINDOW_KINDS and manifest.GRAPH_VARIANTS == VARIANTS
-    assert all(INPUTS[v] == input_names(v) for v in VARIANTS)
+    assert manifest.WINDOW_KINDS == WINDOW_KINDS and set(manifest.GRAPH_STRUCTURES) == set(STRUCTURE.values())
+    assert set(STRUCTURE) == set(VARIANTS) and all(INPUTS[STRUCTURE[v]] == input_names(v) for v in VARIANTS)
 
 
 @pytest.mark.parametrize("variant", ["gcn", "egraphsage"])
@@ -129,7 +130,7 @@ def test_the_fixed_shape_form_equals_the_trained_network_on_real_windows(graph_r
     got_edges, got_nodes = [], []
     for graph in graphs:
         with torch.no_grad():
-            out = form(*[torch.from_numpy(a) for a in model_inputs(graph, variant, 300, 256)]).numpy()
+            out = form(*[torch.from_numpy(a) for a in model_inputs(graph, STRUCTURE[variant], 300, 256)]).numpy()
         got_edges.append(out[: graph.n_edges])
         got_nodes.append(out[256 : 256 + graph.n_nodes])
     assert len(graphs) == 12 and max(g.n_nodes for g in graphs) > 10
@@ -152,7 +153,7 @@ def test_self_loops_and_parallel_flows_are_normalised_as_gcnconv_does(graph_runs
     for variant, (_, model) in graph_runs.items():
         edges, nodes = _torch_outputs(model, [odd])
         with torch.no_grad():
-            out = DenseHostGraphNet(model)(*[torch.from_numpy(a) for a in model_inputs(odd, variant, 8, 8)]).numpy()
+            out = DenseHostGraphNet(model)(*[torch.from_numpy(a) for a in model_inputs(odd, STRUCTURE[variant], 8, 8)]).numpy()
         np.testing.assert_allclose(out[:6], edges, atol=1e-5, rtol=1e-6)  # logits far from 0 here: fp32 noise
         np.testing.assert_allclose(out[8:12], nodes, atol=1e-5, rtol=1e-6)
 
@@ -164,7 +165,7 @@ def test_litert_agrees_with_pytorch_on_real_windows(graph_runs, graph_bundles, s
     _, _, graphs = served_graphs
     edges, nodes = _torch_outputs(graph_runs[variant][1], graphs)
     bundle = load_bundle(graph_bundles[variant])
-    assert bundle.manifest["graph"]["settings"] == asdict(SETTINGS) and bundle.manifest["graph"]["variant"] == variant
+    assert bundle.manifest["graph"]["settings"] == asdict(SETTINGS) and bundle.manifest["graph"]["structure"] == STRUCTURE[variant]
     sigmoid = lambda z: 1.0 / (1.0 + np.exp(-z.astype(np.float64)))  # noqa: E731
     for name in ("fp32", "int8"):
         model = GraphModel(bundle, name)
@@ -251,7 +252,7 @@ def test_host_graph_manifests_are_checked(graph_bundles):
     cases = [
         (lambda m: m.pop("graph"), "missing field\\(s\\) graph"),
         (lambda m: m["graph"]["settings"].update(window="packets"), "'graph.settings.window' must be one of"),
-        (lambda m: m["graph"].update(variant="gat"), "'graph.variant' must be one of"),
+        (lambda m: m["graph"].update(structure="attention"), "'graph.structure' must be one of"),
         (lambda m: m["models"]["fp32_b64"].pop("node_capacity"), "'models.fp32_b64' is missing field\\(s\\) node_c"),
         (lambda m: m["models"]["fp32_b64"].update(edge_capacity=65), "'models.fp32_b64.edge_capacity' must equal"),
         (lambda m: m["models"]["int8_b256"].update(node_capacity=True), "node_capacity' must be a positive int"),

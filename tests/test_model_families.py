@@ -409,7 +409,8 @@ def test_a_bundle_written_before_families_reads_as_flow_rows(tiny_bundle, tmp_pa
 
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.update(gateway_input="host_graph"),
-     "gateway input 'host_graph' \\(family 'cnn_lstm'\\) is not one this gateway can feed \\(flow_rows\\)"),
+     "gateway input 'host_graph' \\(family 'cnn_lstm'\\) is not one this gateway can feed \\(flow_rows, "
+     "host_graphs\\)"),
     (lambda m: m.pop("gateway_input"), r"missing field\(s\) gateway_input"),
     (lambda m: m.pop("family"), r"missing field\(s\) family"),
     (lambda m: m.update(family=3), "'family' must be a model family name, got 3"),

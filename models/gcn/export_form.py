@@ -26,7 +26,10 @@ from torch import nn
 
 from models.gcn.network import HostGraphNet
 
-__all__ = ["DenseHostGraphNet", "input_names", "sample_inputs"]
+__all__ = ["STRUCTURE", "DenseHostGraphNet", "input_names", "sample_inputs"]
+
+#: what each variant's export form aggregates over (the bundle's ``graph.structure``, built by the gateway)
+STRUCTURE = {"gcn": "normalised_adjacency", "egraphsage": "mean_incidence"}
 
 
 def input_names(variant: str) -> tuple[str, ...]:

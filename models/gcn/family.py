@@ -96,6 +96,13 @@ class GCNFamily(ModelFamily):
         sample = sample_inputs(form.variant, form.n_features, form.n_node_features, nodes, edges)
         return litert_torch.convert(form, sample).model_content()
 
+    def graph_structure(self, params: Mapping) -> str:
+        """What the exported form of a model of ``params`` aggregates over (the bundle's ``graph.structure``:
+        ``normalised_adjacency`` or ``mean_incidence``), which the gateway computes with numpy."""
+        from models.gcn.export_form import STRUCTURE
+
+        return STRUCTURE[self.resolve(params)["variant"]]
+
     def detector_class(self) -> type:
         from models.gcn.detector import GCNDetector
 

@@ -56,9 +56,9 @@ ATTACK_NET = "175.45.176."
 KEYS = ("precision", "recall", "f1", "host_precision", "host_recall", "host_f1")
 
 
-def model_params(epochs: int, patience: int) -> dict[str, tuple[str, dict]]:
+def model_params(epochs: int, patience: int, graph_lr: float) -> dict[str, tuple[str, dict]]:
     """(detector name, parameters) per benchmark model; XGBoost as conf/model/xgboost.yaml but on one thread."""
-    graph = {"epochs": epochs, "patience": patience, "progress": False}
+    graph = {"epochs": epochs, "patience": patience, "lr": graph_lr, "progress": False}
     return {
         "gcn": ("gcn", dict(graph)),
         "gcn_egraphsage": ("gcn", {**graph, "variant": "egraphsage"}),
@@ -104,8 +104,13 @@ def run_models(data: windowed.WindowedData, models: dict, seed: int) -> tuple[di
     return results, scores
 
 
-def flagged_hosts(graphs: list, host_scores: np.ndarray, threshold: float) -> dict:
-    """Hosts flagged in at least one test window, and the true attackers (originate an attack flow) missed."""
+def flagged_hosts(graphs: list, host_scores: np.ndarray, threshold: float, flow_scores: np.ndarray) -> dict:
+    """Hosts flagged in at least one test window, the true attackers (originate an attack flow) missed, and how
+    many of the flows wrongly flagged come from the attack network (benign flows sent by an attacker)."""
+    sources = np.concatenate([g.hosts[g.edge_index[0]] for g in graphs]).astype(str)
+    edge_truth = np.concatenate([g.edge_label for g in graphs]).astype(bool)
+    false_flows = (np.asarray(flow_scores) >= threshold) & ~edge_truth
+    from_attack_net = np.char.startswith(sources, ATTACK_NET)
     hosts = np.concatenate([g.hosts for g in graphs])
     truth = np.concatenate([g.node_label for g in graphs]).astype(bool)
     flagged = host_scores >= threshold
@@ -117,6 +122,8 @@ def flagged_hosts(graphs: list, host_scores: np.ndarray, threshold: float) -> di
         "flagged_outside_attack_net": sorted({h for h in hosts[flagged].tolist() if not str(h).startswith(ATTACK_NET)}),
         "false_host_windows": int((flagged & ~truth).sum()),
         "attacker_windows_missed": int((~flagged & truth).sum()),
+        "false_positive_flows": int(false_flows.sum()),
+        "false_positive_flows_from_attack_net": int((false_flows & from_attack_net).sum()),
     }  # fmt: skip
 
 
@@ -184,7 +191,7 @@ def plot_window(graph, flow_scores: np.ndarray, host_scores: np.ndarray, thresho
             angle = 2 * np.pi * k / max(len(members), 1)
             radius = 0.0 if len(members) == 1 else 0.35 + 0.08 * len(members)
             pos[i] = centers[g] + radius * np.array([np.cos(angle), np.sin(angle)])
-    fig, ax = plt.subplots(figsize=(12, 9))
+    fig, ax = plt.subplots(figsize=(11, 9))
     src, dst = graph.edge_index
     flow_flag = flow_scores >= threshold
     pairs: dict = {}
@@ -220,7 +227,7 @@ def plot_window(graph, flow_scores: np.ndarray, host_scores: np.ndarray, thresho
     ax.set_aspect("equal")
     ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -239,8 +246,9 @@ def main() -> None:
     parser.add_argument("--flows", type=int, default=256, help="flows per window (the gateway benchmark's 256)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--graph-lr", type=float, default=0.01, help="the graph models' Adam rate (GCNTraining's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--captures-subsample", type=int, default=20000, help="0: every captures flow")
+    parser.add_argument("--captures-subsample", type=int, default=0, help="a stratified sample (0: every flow)")
     parser.add_argument("--holdout-site", default="011-zeek-mixed.conn.log.labeled")
     parser.add_argument("--only", nargs="*", default=["later", "hosts", "site"])
     parser.add_argument("--no-readme", action="store_true")
@@ -253,7 +261,7 @@ def main() -> None:
     data_dir = os.environ.get("BOTDEFENDER_DATA_DIR")
     settings = GraphSettings(flows=args.flows)
     protocol, pipeline_config = ProtocolConfig(), PipelineConfig()
-    models = model_params(args.epochs, args.patience)
+    models = model_params(args.epochs, args.patience, args.graph_lr)
     results: dict = {}
     started = time.perf_counter()
     raw = None
@@ -263,12 +271,13 @@ def main() -> None:
         data = windowed.prepare_windows(raw, protocol, pipeline_config, settings, 0.1, args.seed)
         metrics, scores = run_models(data, models, args.seed)
         threshold = data.pipeline.threshold
-        hosts = {m: flagged_hosts(data.test, s[1], threshold) for m, s in scores.items()}
+        hosts = {m: flagged_hosts(data.test, s[1], threshold, s[0]) for m, s in scores.items()}
         benign_from_attackers = int(sum(((g.edge_label == 0) & np.array([str(g.hosts[s]).startswith(ATTACK_NET)
                                         for s in g.edge_index[0]], dtype=bool)).sum() for g in data.test))  # fmt: skip
         results["later windows"] = {"data": f"raw UNSW-NB15 {RAW_FILE}", "split": data.info, "models": metrics,
                                     "hosts": hosts, "benign_flows_from_attack_net": benign_from_attackers}  # fmt: skip
-        # the plot: the test window holding the most attack flows
+    if "later" in args.only and set(args.only) == {"later", "hosts", "site"}:  # the plot: full runs only
+        # the test window holding the most attack flows
         offsets = np.cumsum([0] + [g.n_edges for g in data.test])
         node_offsets = np.cumsum([0] + [g.n_nodes for g in data.test])
         best = int(np.argmax([g.edge_label.sum() for g in data.test]))
@@ -294,7 +303,7 @@ def main() -> None:
         data = windows_from_rows(table, train_rows, test_rows, pipeline_config, settings, 0.1, args.seed, info)
         metrics, scores = run_models(data, models, args.seed)
         results["held-out hosts"] = {"data": f"raw UNSW-NB15 {RAW_FILE}", "split": data.info, "models": metrics,
-                                     "hosts": {m: flagged_hosts(data.test, s[1], data.pipeline.threshold)
+                                     "hosts": {m: flagged_hosts(data.test, s[1], data.pipeline.threshold, s[0])
                                                for m, s in scores.items()}}  # fmt: skip
     if "site" in args.only:
         table = load_dataset("captures", data_dir, bad_records="skip")
@@ -305,19 +314,24 @@ def main() -> None:
         info.update(split="leave_one_site_out", held_out_site=args.holdout_site, records_before_subsample=n_all)
         data = windows_by_site(table, args.holdout_site, pipeline_config, settings, 0.1, args.seed, info)
         metrics, _ = run_models(data, models, args.seed)
-        results["held-out site"] = {"data": f"captures (subsample {args.captures_subsample or 'none'})",
+        results["held-out site"] = {"data": "captures" + (f" (stratified subsample of {args.captures_subsample} flows)"
+                                                         if args.captures_subsample else " (all flows)"),
                                     "split": data.info, "models": metrics}  # fmt: skip
     payload = {"settings": {"graph": asdict(settings), "epochs": args.epochs, "patience": args.patience,
+                            "graph_lr": args.graph_lr,
                             "seed": args.seed, "torch_threads": 1}, "results": results,
                "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
-    name = "graph_models.json" if set(args.only) == {"later", "hosts", "site"} else f"graph_models_{'_'.join(args.only)}.json"
+    full = set(args.only) == {"later", "hosts", "site"}
+    name = "graph_models.json" if full else f"graph_models_{'_'.join(args.only)}_seed{args.seed}_lr{args.graph_lr:g}.json"
     (OUT / name).write_text(json.dumps(payload, indent=1, default=str))
     lines = table_lines(results)
     print("\n".join(lines))
     for evaluation, block in results.items():
         for model, h in block.get("hosts", {}).items():
             print(f"{evaluation} / {model}: flagged {h['flagged']}; attackers {h['attackers']}; missed "
-                  f"{h['missed_attackers']}; flagged outside {ATTACK_NET}0/24: {h['flagged_outside_attack_net']}")
+                  f"{h['missed_attackers']}; flagged outside {ATTACK_NET}0/24: {h['flagged_outside_attack_net']}; "
+                  f"false-positive flows {h['false_positive_flows']}, from {ATTACK_NET}0/24: "
+                  f"{h['false_positive_flows_from_attack_net']}")
     if not args.no_readme and name == "graph_models.json":
         replace_readme_block("graph-models-benchmark", readme_block(payload, lines))
     print(f"wrote {OUT / name} ({payload['seconds']} s)")
@@ -334,10 +348,15 @@ def readme_block(payload: dict, lines: list[str]) -> str:
         out.append(f"- {evaluation}: {block['data']}; {sp.get('train_windows')}/{sp.get('val_windows')}/"
                    f"{sp.get('test_windows')} train/val/test windows ({sp.get('train_records')}/"
                    f"{sp.get('val_records')}/{sp.get('test_records')} flows), {sp.get('test_hosts')} test "
-                   f"(window, host) pairs, {sp.get('test_malicious_hosts')} malicious")  # fmt: skip
+                   f"(window, host) pairs, {sp.get('test_malicious_hosts')} malicious"
+                   + (f"; hosts held out (split seed {sp['split_seed']}, {sp['test_share']:.1%} of the flows): "
+                      f"{', '.join(sp['held_out_hosts'])}" if "held_out_hosts" in sp else "")
+                   + (f"; held-out site {sp['held_out_site']}" if "held_out_site" in sp else ""))  # fmt: skip
         for model, h in block.get("hosts", {}).items():
             out.append(f"  - {model}: flagged {', '.join(h['flagged']) or 'nobody'}; attackers missed: "
-                       f"{', '.join(h['missed_attackers']) or 'none'}")  # fmt: skip
+                       f"{', '.join(h['missed_attackers']) or 'none'}; {h['false_host_windows']} benign (window, "
+                       f"host) pairs flagged; {h['false_positive_flows']} benign flows flagged, "
+                       f"{h['false_positive_flows_from_attack_net']} of them sent by {ATTACK_NET}0/24")  # fmt: skip
     return "\n".join(out)
 
 

@@ -194,10 +194,10 @@ def plot_window(graph, flow_scores: np.ndarray, host_scores: np.ndarray, thresho
     fig, ax = plt.subplots(figsize=(11, 9))
     src, dst = graph.edge_index
     flow_flag = flow_scores >= threshold
-    pairs: dict = {}
+    pairs: dict = {}  # parallel flows of one kind between two hosts: one arrow, wider with the count
     for e in range(graph.n_edges):
-        pairs.setdefault((int(src[e]), int(dst[e]), bool(flow_flag[e]), int(graph.edge_label[e])), 0)
-        pairs[(int(src[e]), int(dst[e]), bool(flow_flag[e]), int(graph.edge_label[e]))] += 1
+        key = (int(src[e]), int(dst[e]), bool(flow_flag[e]), int(graph.edge_label[e]))
+        pairs[key] = pairs.get(key, 0) + 1
     colours = {(True, 1): "#c0392b", (False, 0): "#95a5a6", (True, 0): "#e67e22", (False, 1): "#8e44ad"}
     for (s, d, flag, label), count in sorted(pairs.items(), key=lambda kv: kv[0][2]):
         if s == d:
@@ -213,8 +213,10 @@ def plot_window(graph, flow_scores: np.ndarray, host_scores: np.ndarray, thresho
     from matplotlib.lines import Line2D
 
     legend = [
-        Line2D([], [], marker="o", ls="", markerfacecolor="#c0392b", markeredgecolor="white", ms=11, label="host flagged"),
-        Line2D([], [], marker="o", ls="", markerfacecolor="#2ecc71", markeredgecolor="white", ms=11, label="host not flagged"),
+        Line2D([], [], marker="o", ls="", markerfacecolor="#c0392b", markeredgecolor="white", ms=11,
+               label="host flagged"),
+        Line2D([], [], marker="o", ls="", markerfacecolor="#2ecc71", markeredgecolor="white", ms=11,
+               label="host not flagged"),
         Line2D([], [], marker="o", ls="", markerfacecolor="white", markeredgecolor="black", mew=3, ms=11,
                label="black ring: host originates an attack flow"),
         Line2D([], [], color=colours[(True, 1)], label="attack flow, flagged"),
@@ -276,7 +278,8 @@ def main() -> None:
                                         for s in g.edge_index[0]], dtype=bool)).sum() for g in data.test))  # fmt: skip
         results["later windows"] = {"data": f"raw UNSW-NB15 {RAW_FILE}", "split": data.info, "models": metrics,
                                     "hosts": hosts, "benign_flows_from_attack_net": benign_from_attackers}  # fmt: skip
-    if "later" in args.only and set(args.only) == {"later", "hosts", "site"}:  # the plot: full runs only
+    full = set(args.only) == {"later", "hosts", "site"}
+    if full:  # the plot: full runs only
         # the test window holding the most attack flows
         offsets = np.cumsum([0] + [g.n_edges for g in data.test])
         node_offsets = np.cumsum([0] + [g.n_nodes for g in data.test])
@@ -321,8 +324,8 @@ def main() -> None:
                             "graph_lr": args.graph_lr,
                             "seed": args.seed, "torch_threads": 1}, "results": results,
                "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
-    full = set(args.only) == {"later", "hosts", "site"}
-    name = "graph_models.json" if full else f"graph_models_{'_'.join(args.only)}_seed{args.seed}_lr{args.graph_lr:g}.json"
+    name = ("graph_models.json" if full
+            else f"graph_models_{'_'.join(args.only)}_seed{args.seed}_lr{args.graph_lr:g}.json")  # fmt: skip
     (OUT / name).write_text(json.dumps(payload, indent=1, default=str))
     lines = table_lines(results)
     print("\n".join(lines))
@@ -332,7 +335,7 @@ def main() -> None:
                   f"{h['missed_attackers']}; flagged outside {ATTACK_NET}0/24: {h['flagged_outside_attack_net']}; "
                   f"false-positive flows {h['false_positive_flows']}, from {ATTACK_NET}0/24: "
                   f"{h['false_positive_flows_from_attack_net']}")
-    if not args.no_readme and name == "graph_models.json":
+    if full and not args.no_readme:
         replace_readme_block("graph-models-benchmark", readme_block(payload, lines))
     print(f"wrote {OUT / name} ({payload['seconds']} s)")
 

@@ -21,11 +21,10 @@ import numpy as np
 from flows.graphs.hostgraph import HostGraph
 from flows.graphs.settings import GraphSettings
 from gateway.bundle import Bundle
-from gateway.encode import check_columns
 from gateway.graph_engine import GraphModel
 from gateway.graph_hosts import GraphHostPolicy, GraphHostTracker
 from gateway.graph_stream import Flows, Window, WindowCutter, encode_flows, window_graphs
-from gateway.serve import HostSink, ServeReport
+from gateway.serve import HostSink, ServeReport, record_batches
 from gateway.sources import FlowSource, Record
 
 DEFAULT_LATENESS = 60.0  # seconds a flow may arrive after later ones and still join its training window
@@ -98,12 +97,7 @@ class GraphVerdictService:
         self.report.scored += len(records)
         self.counts["graphs"] += 1
         for verdict in self.hosts.observe(graph, host_probs, flags, self.model.threshold):
-            self.report.host_verdicts[verdict.action] += 1
-            hosts = self.report.isolated if verdict.action == "isolate" else self.report.released
-            if verdict.host not in hosts:
-                hosts.append(verdict.host)
-            for sink in self.sinks:
-                sink.emit(verdict)
+            self.report.deliver(verdict, self.sinks)
         if lines:
             self.out.write("\n".join(lines) + "\n")
             self.out.flush()
@@ -113,21 +107,9 @@ class GraphVerdictService:
 
     def run(self, source: FlowSource, batch_size: int) -> ServeReport:
         started = time.perf_counter()
-        pending: list[Record] = []
-        checked = False
-        for record in source:
-            if record is not None:
-                if not checked:
-                    check_columns(self.bundle.pipeline, record.layout.features, f"source {source.path} ({source.fmt})")
-                    self.site = self.site or site_name(record.layout.source, source.path.name)
-                    checked = True
-                pending.append(record)
-                self.report.records += 1
-            if pending and (record is None or len(pending) >= batch_size):
-                self.process(pending)
-                pending = []
-        if pending:
-            self.process(pending)
+        for batch in record_batches(source, batch_size, self.bundle.pipeline, self.report):
+            self.site = self.site or site_name(batch[0].layout.source, source.path.name)
+            self.process(batch)
         self.finish()
         self.report.malformed.update(source.stats.malformed)
         self.report.seconds = time.perf_counter() - started

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
@@ -108,6 +108,16 @@ class ServeReport:
                 "seconds": round(self.seconds, 3),
                 "flows_per_second": round(self.scored / self.seconds, 1) if self.seconds else None}  # fmt: skip
 
+    def deliver(self, verdict: HostVerdict, sinks: Sequence[HostSink]) -> None:
+        """Count a host verdict (each host listed once; re-assertions counted in ``host_verdicts``) and send it to
+        every sink, in the order given: each has the verdict before the next."""
+        self.host_verdicts[verdict.action] += 1
+        hosts = self.isolated if verdict.action == "isolate" else self.released
+        if verdict.host not in hosts:
+            hosts.append(verdict.host)
+        for sink in sinks:
+            sink.emit(verdict)
+
     def count_verdict(self, malicious: bool, label: int | None) -> None:
         if label is None or label < 0:
             self.unlabelled += 1
@@ -144,35 +154,37 @@ class VerdictService:
             self.report.count_verdict(malicious, record.label)
             if record.src is not None:
                 for verdict in self.hosts.observe(record.src, moment, malicious):
-                    self.report.host_verdicts[verdict.action] += 1
-                    hosts = self.report.isolated if verdict.action == "isolate" else self.report.released
-                    if verdict.host not in hosts:  # each host once; re-assertions are counted in host_verdicts
-                        hosts.append(verdict.host)
-                    for sink in self.sinks:  # in the order given: each has the verdict before the next
-                        sink.emit(verdict)
+                    self.report.deliver(verdict, self.sinks)
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()
         self.report.scored += len(kept)
 
     def run(self, source: FlowSource, batch_size: int) -> ServeReport:
         started = time.perf_counter()
-        pending: list[Record] = []
-        checked = False
-        for record in source:
-            if record is not None:
-                if not checked:
-                    check_columns(self.bundle.pipeline, record.layout.features, f"source {source.path} ({source.fmt})")
-                    checked = True
-                pending.append(record)
-                self.report.records += 1
-            if pending and (record is None or len(pending) >= batch_size):
-                self.process(pending)
-                pending = []
-        if pending:
-            self.process(pending)
+        for batch in record_batches(source, batch_size, self.bundle.pipeline, self.report):
+            self.process(batch)
         self.report.malformed.update(source.stats.malformed)
         self.report.seconds = time.perf_counter() - started
         return self.report
+
+
+def record_batches(source: FlowSource, batch_size: int, pipeline, report: ServeReport) -> Iterator[list[Record]]:
+    """Batches of at most ``batch_size`` records of ``source`` (a shorter one whenever a followed source idles, and
+    at its end), counted in ``report``; the first record's columns are checked against ``pipeline``."""
+    pending: list[Record] = []
+    checked = False
+    for record in source:
+        if record is not None:
+            if not checked:
+                check_columns(pipeline, record.layout.features, f"source {source.path} ({source.fmt})")
+                checked = True
+            pending.append(record)
+            report.records += 1
+        if pending and (record is None or len(pending) >= batch_size):
+            yield pending
+            pending = []
+    if pending:
+        yield pending
 
 
 def make_sinks(specs: str | Sequence[str] | None) -> list[HostSink]:

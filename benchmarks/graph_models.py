@@ -26,7 +26,6 @@ block ``graph-models-benchmark``. One torch thread, XGBoost on one thread.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import simulation.windowed as windowed  # noqa: E402
 from flows.graphs import GraphSettings, chronological_split, leave_hosts_out, leave_one_site_out, select  # noqa: E402
-from flows.graphs import host_scores_from_flows, window_keys  # noqa: E402
+from flows.graphs import window_keys  # noqa: E402
 from flows.graphs.from_table import graphs_from_table, table_windows  # noqa: E402
 from flows.loader import load_dataset  # noqa: E402
 from flows.pipeline import FeaturePipeline, PipelineConfig  # noqa: E402
@@ -68,32 +67,11 @@ def model_params(epochs: int, patience: int, graph_lr: float) -> dict[str, tuple
     }  # fmt: skip
 
 
-@contextlib.contextmanager
-def keep_detector(box: list):
-    """Record the detector :func:`simulation.windowed.train_and_score_windows` builds (for its host scores)."""
-    original = windowed.make_detector
-
-    def wrapped(*args, **kwargs):
-        box.append(original(*args, **kwargs))
-        return box[-1]
-
-    windowed.make_detector = wrapped
-    try:
-        yield box
-    finally:
-        windowed.make_detector = original
-
-
 def run_models(data: windowed.WindowedData, models: dict, seed: int) -> tuple[dict, dict]:
     """(metrics per model, (flow scores, host scores) per model) on ``data``'s test windows."""
     results, scores = {}, {}
     for label, (name, params) in models.items():
-        box: list = []
-        with keep_detector(box):
-            metrics, flow_scores = windowed.train_and_score_windows(name, params, data, seed)
-        detector = box[-1]
-        host_proba = getattr(detector, "predict_host_proba", None)
-        host = host_proba(data.test) if host_proba else host_scores_from_flows(data.test, flow_scores)
+        metrics, flow_scores, host = windowed.train_and_score_windows(name, params, data, seed)
         log.info("%s: flow f1 %.4f host f1 %.4f (%.1f s)", label, metrics["f1"], metrics["host_f1"],
                  metrics["train_seconds"])  # fmt: skip
         results[label] = {k: metrics[k] for k in (*KEYS, "train_seconds", "model_bytes")}
@@ -136,11 +114,7 @@ def windows_from_rows(table, train_rows, test_rows, pipeline_config, settings, v
     starts, sites = window_keys(train_graphs)
     inner = chronological_split(starts, 0.0, val_fraction, sites)
     sides = {"train": select(train_graphs, inner.train), "val": select(train_graphs, inner.val), "test": test_graphs}
-    info.update({f"{s}_windows": len(g) for s, g in sides.items()},
-                **{f"{s}_records": int(sum(x.n_edges for x in g)) for s, g in sides.items()},
-                test_hosts=int(sum(g.n_nodes for g in test_graphs)),
-                test_malicious_hosts=int(sum(g.node_label.sum() for g in test_graphs)))  # fmt: skip
-    return windowed.WindowedData(sides["train"], sides["val"], sides["test"], pipeline, info)
+    return windowed.windowed_data(sides, pipeline, info)
 
 
 def windows_by_site(table, test_site, pipeline_config, settings, val_fraction, seed, info):
@@ -157,17 +131,7 @@ def windows_by_site(table, test_site, pipeline_config, settings, val_fraction, s
     named = [x for x in sorted(set(sites.tolist())) if x == test_site or x.endswith(":" + test_site)]
     test_site = named[0] if len(named) == 1 else test_site  # "011-zeek-mixed..." names stratosphere:011-zeek-mixed...
     split = leave_one_site_out(starts, sites, test_site, val_fraction)
-    side_ids = {s: set(ids[getattr(split, s)].tolist()) for s in ("train", "val", "test")}
-    train_rows = np.flatnonzero(np.isin(window, ids[split.train]))
-    pipeline = FeaturePipeline(pipeline_config, seed=seed).fit(table.subset(list(train_rows))).state_
-    graphs, _ = graphs_from_table(table, pipeline, settings)
-    sides = {s: [g for g in graphs if g.window in side_ids[s]] for s in side_ids}
-    info.update({f"{s}_windows": len(g) for s, g in sides.items()},
-                **{f"{s}_records": int(sum(x.n_edges for x in g)) for s, g in sides.items()},
-                test_hosts=int(sum(g.n_nodes for g in sides["test"])),
-                test_malicious_hosts=int(sum(g.node_label.sum() for g in sides["test"])),
-                test_attack_flows=int(sum(g.edge_label.sum() for g in sides["test"])))  # fmt: skip
-    return windowed.WindowedData(sides["train"], sides["val"], sides["test"], pipeline, info)
+    return windowed.split_windows(table, window, ids, split, pipeline_config, settings, seed, info)
 
 
 def plot_window(graph, flow_scores: np.ndarray, host_scores: np.ndarray, threshold: float, path: Path,

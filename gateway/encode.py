@@ -46,7 +46,7 @@ class Encoded:
     labels: np.ndarray
 
 
-def _runs(records: Sequence[Record]) -> list[list[Record]]:
+def layout_runs(records: Sequence[Record]) -> list[list[Record]]:
     """Consecutive records of the same layout (a followed Zeek log may announce new fields)."""
     runs: list[list[Record]] = []
     for record in records:
@@ -76,7 +76,19 @@ def malformed_rows(batch: Normalised, pipeline: PipelineState, malformed: Counte
     return bad
 
 
-def _encode_run(records: list[Record], pipeline: PipelineState, malformed: Counter) -> Encoded:
+@dataclass
+class NormalisedRun:
+    """One layout's records normalised once: the kept rows' batch, their records (endpoints, time and label
+    filled in), labels (int8) and encoded rows (float32)."""
+
+    batch: Normalised
+    records: list[Record]
+    labels: np.ndarray
+    rows: np.ndarray
+
+
+def normalise_run(records: list[Record], pipeline: PipelineState, malformed: Counter) -> NormalisedRun:
+    """Normalise records of one layout, drop and count the malformed ones, encode the rest."""
     layout = records[0].layout
     check_columns(pipeline, layout.features, f"a {layout.fmt} source")
     batch = layout.normalise_rows([r.fields for r in records])
@@ -92,15 +104,20 @@ def _encode_run(records: list[Record], pipeline: PipelineState, malformed: Count
             record.time = moment if math.isfinite(moment) else None
         record.label = int(labels[i])
     if not records:
-        return Encoded(np.zeros((0, pipeline.n_outputs), np.float32), [], labels)
+        return NormalisedRun(kept, [], labels, np.zeros((0, pipeline.n_outputs), np.float32))
     columns: dict[str, object] = {c: kept.numeric[c] for c in numeric}
     columns.update({c: kept.categorical[c] for c in pipeline.kept_categorical})
-    return Encoded(pipeline.transform(columns), records, labels)
+    return NormalisedRun(kept, records, labels, pipeline.transform(columns))
+
+
+def _encode_run(records: list[Record], pipeline: PipelineState, malformed: Counter) -> Encoded:
+    run = normalise_run(records, pipeline, malformed)
+    return Encoded(run.rows, run.records, run.labels)
 
 
 def encode_batch(records: Sequence[Record], pipeline: PipelineState, malformed: Counter) -> Encoded:
     """Normalise and encode ``records``; malformed ones are counted in ``malformed`` and dropped."""
-    parts = [_encode_run(run, pipeline, malformed) for run in _runs(records)]
+    parts = [_encode_run(run, pipeline, malformed) for run in layout_runs(records)]
     if not parts:
         return Encoded(np.zeros((0, pipeline.n_outputs), np.float32), [], np.zeros(0, np.int8))
     return Encoded(np.vstack([p.rows for p in parts]), [r for p in parts for r in p.records],

@@ -2,7 +2,7 @@
 
 Each batch of records is normalised once (:mod:`flows.normalise`, as :mod:`gateway.encode` does): its encoded
 rows, addresses, times, ports and the traffic counts the node features read (bytes and packets each way, the
-columns :data:`flows.graphs.from_table.TRAFFIC_COLUMNS` names) all come from that one normalised batch.
+columns :data:`flows.graphs.build.TRAFFIC_COLUMNS` names) all come from that one normalised batch.
 
 **When a window closes.** The stream's watermark is the latest flow time seen. With ``window="seconds"`` a slot
 ``floor(t / seconds)`` closes once the watermark passes its end by ``lateness`` seconds; with ``window="flows"``
@@ -26,20 +26,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from flows.graphs.build import FlowArrays, build_host_graphs
+from flows.graphs.build import TRAFFIC_COLUMNS, FlowArrays, build_host_graphs
 from flows.graphs.hostgraph import HostGraph
 from flows.graphs.settings import GraphSettings
-from flows.normalise import UNLABELLED
-from gateway.encode import check_columns, malformed_rows
+from gateway.encode import layout_runs, normalise_run
 from gateway.sources import Record
 
-#: per traffic aggregate, the normalised columns that hold it (flows.graphs.from_table.TRAFFIC_COLUMNS; tested)
-TRAFFIC_COLUMNS = {
-    "bytes_out": ("sbytes", "orig_bytes"),
-    "bytes_in": ("dbytes", "resp_bytes"),
-    "packets_out": ("spkts", "orig_pkts"),
-    "packets_in": ("dpkts", "resp_pkts"),
-}
 _ARRAYS = ("times", "src", "dst", "labels", "src_port", "dst_port", "bytes_out", "bytes_in", "packets_out",
            "packets_in", "seq")  # fmt: skip
 
@@ -73,36 +65,22 @@ def encode_flows(records: Sequence[Record], pipeline, malformed: Counter, first_
     """Normalise and encode ``records`` (runs of one layout), keeping what the graph builder reads; malformed
     records are counted and dropped as in :func:`gateway.encode.encode_batch`."""
     parts = []
-    start = 0
-    while start < len(records):
-        end = start
-        while end < len(records) and records[end].layout is records[start].layout:
-            end += 1
-        part = _encode_run(list(records[start:end]), pipeline, malformed, first_seq)
+    for run in layout_runs(records):
+        part = _encode_run(run, pipeline, malformed, first_seq)
         first_seq += len(part)
         parts.append(part)
-        start = end
     return Flows.join(parts, pipeline.n_outputs)
 
 
 def _encode_run(records: list[Record], pipeline, malformed: Counter, first_seq: int) -> Flows:
-    layout = records[0].layout
-    check_columns(pipeline, layout.features, f"a {layout.fmt} source")
-    batch = layout.normalise_rows([r.fields for r in records])
-    keep = ~malformed_rows(batch, pipeline, malformed)
-    kept = batch.take(keep)
-    records = [r for r, k in zip(records, keep) if k]
-    n = kept.n
-    labels = kept.label.astype(np.int64) if kept.label is not None else np.full(n, UNLABELLED, np.int64)
+    run = normalise_run(records, pipeline, malformed)  # also fills in each record's endpoints, time and label
+    kept, n = run.batch, run.batch.n
+    labels = run.labels.astype(np.int64)
     if kept.src_ip is None or kept.start_time is None:
         src = dst = np.full(n, "", dtype=object)
         times = np.full(n, np.nan)
     else:
         src, dst, times = kept.src_ip.astype(object), kept.dst_ip.astype(object), kept.start_time.astype(np.float64)
-    for i, record in enumerate(records):
-        record.src, record.dst = (str(src[i]) or None), (str(dst[i]) or None)
-        record.time = float(times[i]) if math.isfinite(times[i]) else None
-        record.label = int(labels[i])
 
     def port(values) -> np.ndarray:
         return np.full(n, -1, np.int64) if values is None else np.where(np.isnan(values), -1, values).astype(np.int64)
@@ -112,11 +90,7 @@ def _encode_run(records: list[Record], pipeline, malformed: Counter, first_seq: 
     for name, candidates in TRAFFIC_COLUMNS.items():
         found = next((c for c in candidates if c in kept.numeric), None)
         columns[name] = np.zeros(n) if found is None else np.nan_to_num(kept.numeric[found].astype(np.float64))
-    if not n:
-        return Flows(columns, np.zeros((0, pipeline.n_outputs), np.float32), [])
-    values: dict[str, object] = {c: kept.numeric[c] for c in pipeline.kept_numeric}
-    values.update({c: kept.categorical[c] for c in pipeline.kept_categorical})
-    return Flows(columns, pipeline.transform(values), records)
+    return Flows(columns, run.rows, run.records)
 
 
 @dataclass

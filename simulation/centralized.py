@@ -155,7 +155,7 @@ def run_centralized(cfg: DictConfig, out_dir: Path) -> dict:
         for name in run_models:
             log.info("seed %d: training %s (%s split)", seed, name, split)
             if split == "chronological":
-                metrics, scores = train_and_score_windows(models[name].name, _params(models[name]), windows, seed,
+                metrics, scores, _ = train_and_score_windows(models[name].name, _params(models[name]), windows, seed,
                                                           protocol.smote)  # fmt: skip
             else:
                 metrics, scores = train_and_score(models[name].name, _params(models[name]), data, seed)

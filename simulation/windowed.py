@@ -27,7 +27,8 @@ from flows.table import FlowTable
 from models.baselines import make_detector
 from models.evaluation import detection_metrics
 
-__all__ = ["HOST_KEYS", "WindowedData", "prepare_windows", "train_and_score_windows"]
+__all__ = ["HOST_KEYS", "WindowedData", "prepare_windows", "split_windows", "train_and_score_windows",
+           "windowed_data"]
 
 log = logging.getLogger(__name__)
 HOST_KEYS = ("host_precision", "host_recall", "host_f1")
@@ -62,28 +63,45 @@ def prepare_windows(table: FlowTable, protocol: ProtocolConfig, pipeline_config:
         raise ValueError(f"protocol={protocol.name} does not combine with the chronological split (it {why}): use "
                          "protocol=paper, with protocol.drop_ttl=true if wanted")  # fmt: skip
     table, info = working_table(table, protocol)
-    window, report = table_windows(table, settings)
+    window, _ = table_windows(table, settings)
     ids = np.unique(window[window >= 0])  # window numbers increase with time
     split = chronological_split(ids.astype(np.float64), protocol.test_size, val_fraction)
+    data = split_windows(table, window, ids, split, pipeline_config, settings, seed, info)
+    info["split"] = "chronological"
+    log.info("chronological split: %d/%d/%d windows (%d/%d/%d flows)", *(info[f"{s}_windows"] for s in SIDES),
+             *(info[f"{s}_records"] for s in SIDES))  # fmt: skip
+    return data
+
+
+def split_windows(table: FlowTable, window: np.ndarray, ids: np.ndarray, split, pipeline_config: PipelineConfig,
+                  settings: GraphSettings, seed: int, info: dict) -> WindowedData:  # fmt: skip
+    """The windows of ``table`` (``window``: each row's window number, -1 for none; ``ids``: the window numbers
+    that ``split``'s train/val/test positions index) on their sides, with the pipeline fitted on the training
+    windows' flows only; the sides' counts go into ``info``."""
     side_ids = {side: set(ids[getattr(split, side)].tolist()) for side in SIDES}
     train_rows = np.flatnonzero(np.isin(window, ids[split.train]))
     pipeline = FeaturePipeline(pipeline_config, seed=seed).fit(table.subset(list(train_rows))).state_
     graphs, report = graphs_from_table(table, pipeline, settings)
     sides = {side: [g for g in graphs if g.window in side_ids[side]] for side in SIDES}
-    info.update(split="chronological", graph=asdict(settings), graph_report=report, features_out=pipeline.n_outputs,
-                **{f"{side}_windows": len(sides[side]) for side in SIDES},
+    info.update(graph=asdict(settings), graph_report=report, features_out=pipeline.n_outputs)
+    return windowed_data(sides, pipeline, info)
+
+
+def windowed_data(sides: dict[str, list[HostGraph]], pipeline: PipelineState, info: dict) -> WindowedData:
+    """:class:`WindowedData` of the graphs of each side, their window, flow and test-host counts added to ``info``."""
+    info.update(**{f"{side}_windows": len(sides[side]) for side in SIDES},
                 **{f"{side}_records": int(sum(g.n_edges for g in sides[side])) for side in SIDES},
                 test_hosts=int(sum(g.n_nodes for g in sides["test"])),
-                test_malicious_hosts=int(sum(g.node_label.sum() for g in sides["test"])))  # fmt: skip
-    log.info("chronological split: %d/%d/%d windows (%d/%d/%d flows)", *(info[f"{s}_windows"] for s in SIDES),
-             *(info[f"{s}_records"] for s in SIDES))  # fmt: skip
+                test_malicious_hosts=int(sum(g.node_label.sum() for g in sides["test"])),
+                test_attack_flows=int(sum(g.edge_label.sum() for g in sides["test"])))  # fmt: skip
     return WindowedData(sides["train"], sides["val"], sides["test"], pipeline, info)
 
 
 def train_and_score_windows(name: str, params: dict, data: WindowedData, seed: int,
-                            use_smote: bool = False) -> tuple[dict, np.ndarray]:  # fmt: skip
+                            use_smote: bool = False) -> tuple[dict, np.ndarray, np.ndarray]:  # fmt: skip
     """Fit one detector on the training windows (validation windows for early stopping) and score it on the test
-    windows, per flow and per host; SMOTE (``use_smote``) applies to a flow classifier's training rows only."""
+    windows, per flow and per host: (metrics, flow scores, host scores of the test windows' nodes); SMOTE
+    (``use_smote``) applies to a flow classifier's training rows only."""
     detector = make_detector(name, seed=seed, **params)
     (X_train, y_train), (X_val, y_val), (X_test, y_test) = (data.rows(side) for side in SIDES)
     started = time.perf_counter()
@@ -106,4 +124,4 @@ def train_and_score_windows(name: str, params: dict, data: WindowedData, seed: i
                    **{key: host[key.removeprefix("host_")] for key in HOST_KEYS})  # fmt: skip
     if getattr(detector, "history_", None) is not None:
         metrics["epochs_run"] = detector.history_.epochs_run
-    return metrics, scores
+    return metrics, scores, host_scores

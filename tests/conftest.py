@@ -59,6 +59,18 @@ def task_identity():
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small graph models: one torch thread is as fast as two and does not stall when the cores are busy (a test
+    module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class FakeGrid:
     """Only what a strategy's configure_* uses: the connected node ids (random, as Flower assigns them)."""
 

@@ -40,12 +40,7 @@ raise SystemExit(code)
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +108,7 @@ def test_the_runtime_and_the_export_form_agree_on_names():
     from models.gcn.export_form import input_names
     from models.gcn.params import VARIANTS
 
-    assert graph_stream.TRAFFIC_COLUMNS == TRAFFIC_COLUMNS
+    assert graph_stream.TRAFFIC_COLUMNS is TRAFFIC_COLUMNS  # one definition, in the numpy builder
     assert manifest.WINDOW_KINDS == WINDOW_KINDS and set(manifest.GRAPH_STRUCTURES) == set(STRUCTURE.values())
     assert set(STRUCTURE) == set(VARIANTS) and all(INPUTS[STRUCTURE[v]] == input_names(v) for v in VARIANTS)
 

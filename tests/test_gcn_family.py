@@ -19,13 +19,7 @@ SMALL = {"hidden": 16, "head_hidden": 16, "layers": 2}
 SETTINGS = GraphSettings(flows=200)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small graphs: one torch thread is as fast as two and does not stall when the cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

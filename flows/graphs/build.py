@@ -19,7 +19,15 @@ from flows.graphs.settings import GraphSettings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FlowArrays", "assign_windows", "build_host_graphs", "canonical_hosts"]
+__all__ = ["TRAFFIC_COLUMNS", "FlowArrays", "assign_windows", "build_host_graphs", "canonical_hosts"]
+
+#: per traffic aggregate of :class:`FlowArrays`, the normalised columns that may hold it (UNSW-NB15, Zeek)
+TRAFFIC_COLUMNS = {
+    "bytes_out": ("sbytes", "orig_bytes"),
+    "bytes_in": ("dbytes", "resp_bytes"),
+    "packets_out": ("spkts", "orig_pkts"),
+    "packets_in": ("dpkts", "resp_pkts"),
+}
 
 _MISSING = {"", "-", "nan", "none", "<na>"}
 

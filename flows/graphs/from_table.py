@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from flows.errors import FlowDataError
-from flows.graphs.build import FlowArrays, assign_windows, build_host_graphs
+from flows.graphs.build import TRAFFIC_COLUMNS, FlowArrays, assign_windows, build_host_graphs
 from flows.graphs.hostgraph import HostGraph
 from flows.graphs.settings import GraphSettings
 from flows.pipeline_state import PipelineState
@@ -19,12 +19,6 @@ from flows.table import DST_IP, DST_PORT, LABEL, SITE, SRC_IP, SRC_PORT, START_T
 __all__ = ["TRAFFIC_COLUMNS", "flow_arrays", "graphs_from_table", "site_groups", "site_of", "table_windows"]
 
 #: per traffic aggregate, the flow-table columns that hold it (raw UNSW-NB15 first, then Zeek conn logs)
-TRAFFIC_COLUMNS = {
-    "bytes_out": ("sbytes", "orig_bytes"),
-    "bytes_in": ("dbytes", "resp_bytes"),
-    "packets_out": ("spkts", "orig_pkts"),
-    "packets_in": ("dpkts", "resp_pkts"),
-}
 
 
 def site_of(table: FlowTable) -> str:

@@ -41,11 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import simulation.windowed as windowed  # noqa: E402
 from flows.graphs import GraphSettings, chronological_split, leave_hosts_out, leave_one_site_out, select  # noqa: E402
 from flows.graphs import window_keys  # noqa: E402
-from flows.graphs.from_table import graphs_from_table, table_windows  # noqa: E402
+from flows.graphs.from_table import graphs_from_table, table_windows, window_sites  # noqa: E402
 from flows.loader import load_dataset  # noqa: E402
+from flows.run_split import match_site  # noqa: E402
 from flows.pipeline import FeaturePipeline, PipelineConfig  # noqa: E402
 from flows.protocols import ProtocolConfig, stratified_subsample, working_table  # noqa: E402
-from flows.table import LABEL, SITE, SRC_IP  # noqa: E402
+from flows.table import LABEL, SRC_IP  # noqa: E402
 from readme_block import replace_readme_block  # noqa: E402  benchmarks/readme_block.py (this folder)
 
 log = logging.getLogger("benchmarks.graph_models")
@@ -120,17 +121,9 @@ def windows_from_rows(table, train_rows, test_rows, pipeline_config, settings, v
 def windows_by_site(table, test_site, pipeline_config, settings, val_fraction, seed, info):
     """WindowedData of leave-one-site-out: windows cut per site first, the pipeline fitted on training flows."""
     window, _ = table_windows(table, settings)
-    ids = np.unique(window[window >= 0])
-    row_sites = table.frame[SITE].astype(str).to_numpy(dtype=object)
-    first: dict = {}
-    for i, w in enumerate(window.tolist()):
-        if w >= 0 and w not in first:
-            first[w] = i
-    sites = np.array([row_sites[first[w]] for w in ids.tolist()], dtype=object)
+    ids, sites = window_sites(table, window)
     starts = ids.astype(np.float64)  # window numbers increase with time within a site
-    named = [x for x in sorted(set(sites.tolist())) if x == test_site or x.endswith(":" + test_site)]
-    test_site = named[0] if len(named) == 1 else test_site  # "011-zeek-mixed..." names stratosphere:011-zeek-mixed...
-    split = leave_one_site_out(starts, sites, test_site, val_fraction)
+    split = leave_one_site_out(starts, sites, match_site(sites, test_site), val_fraction)
     return windowed.split_windows(table, window, ids, split, pipeline_config, settings, seed, info)
 
 

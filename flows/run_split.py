@@ -77,7 +77,8 @@ def holdout_site_table(settings: DataSettings) -> FlowTable | None:
     return _load_split(settings)[3]
 
 
-def _match_site(sites: np.ndarray, wanted: str) -> str:
+def match_site(sites: np.ndarray, wanted: str) -> str:
+    """The one site of ``sites`` named ``wanted`` (in full, ``source:file``, or by its file name)."""
     names = sorted(set(sites.tolist()))
     found = [n for n in names if n == wanted or n.split(":", 1)[-1] == wanted]
     if len(found) != 1:
@@ -88,12 +89,10 @@ def _match_site(sites: np.ndarray, wanted: str) -> str:
 def chronological_rows(table: FlowTable, test_size: float, graph: GraphSettings) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, test rows): per site, the rows of its earliest windows and of its latest ``test_size`` share
     (a site with too few windows trains on all of them); rows outside every window are on neither side."""
-    from flows.graphs.from_table import table_windows
+    from flows.graphs.from_table import table_windows, window_sites
 
     window, _ = table_windows(table, graph)
-    placed = window >= 0
-    ids, first = np.unique(window[placed], return_index=True)
-    sites = table.sites()[np.flatnonzero(placed)[first]]
+    ids, sites = window_sites(table, window)
     split = chronological_split(ids.astype(np.float64), test_size, 0.0, sites, strict=False)
     return (np.flatnonzero(np.isin(window, ids[split.train])).astype(np.int64),
             np.flatnonzero(np.isin(window, ids[split.test])).astype(np.int64))  # fmt: skip
@@ -121,7 +120,7 @@ def _load_split(settings: DataSettings) -> tuple[FlowTable, FlowTable, FlowTable
     holdout = None
     if settings.holdout_site:
         sites = table.sites()
-        site = _match_site(sites, settings.holdout_site)
+        site = match_site(sites, settings.holdout_site)
         holdout, table = table.subset(np.flatnonzero(sites == site)), table.subset(np.flatnonzero(sites != site))
         log.info("held-out site %s: %d records, never trained on", site, len(holdout))
     if settings.split == "chronological":

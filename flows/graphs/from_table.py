@@ -16,9 +16,16 @@ from flows.graphs.settings import GraphSettings
 from flows.pipeline_state import PipelineState
 from flows.table import DST_IP, DST_PORT, LABEL, SITE, SRC_IP, SRC_PORT, START_TIME, FlowTable
 
-__all__ = ["TRAFFIC_COLUMNS", "flow_arrays", "graphs_from_table", "site_groups", "site_of", "table_windows"]
+__all__ = ["TRAFFIC_COLUMNS", "window_sites", "flow_arrays", "graphs_from_table", "site_groups", "site_of", "table_windows"]
 
 #: per traffic aggregate, the flow-table columns that hold it (raw UNSW-NB15 first, then Zeek conn logs)
+
+
+def window_sites(table: FlowTable, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the window numbers of ``window`` (each row's window, -1 for none) in order, the site of each window)."""
+    placed = window >= 0
+    ids, first = np.unique(window[placed], return_index=True)
+    return ids, table.sites()[np.flatnonzero(placed)[first]]
 
 
 def site_of(table: FlowTable) -> str:

@@ -9,7 +9,10 @@ Config (TOML; every listen address explicit, loopback by default)::
     [api]       host = "127.0.0.1"   port = 8470
     [store]     path = "isolation-blocks.sqlite"
     [timers]    expire_every = 1.0   reconcile_every = 5.0   (seconds)
-    [api]       certfile = "api.pem"   keyfile = "api.key"       (optional: TLS)
+    [api]       tokens = "tokens.json"   (gateway tokens, python -m sdn.auth; required unless auth = "none")
+    [api]       auth = "tokens" (default) | "none" (loopback only: no authentication, a warning at start)
+    [api]       certfile = "api.pem"   keyfile = "api.key"   (TLS; required when host is not loopback)
+    [api]       client_ca = "gateways-ca.pem"   (optional: gateways must also present a certificate it signed)
     [safety]    allowlist = ["10.77.0.254", "192.168.0.0/24"]   max_per_minute = 30   max_blocked_share = 0.25
                 own_addresses = ["192.168.0.2"]   (besides the listen addresses, never blocked)
 
@@ -32,6 +35,7 @@ import ipaddress
 import logging
 import queue
 import signal
+import ssl
 import threading
 import time
 import tomllib
@@ -239,10 +243,22 @@ class ControllerConfig:
     max_per_minute: int = 30
     max_blocked_share: float = 0.25
     own_addresses: list[str] = field(default_factory=list)
+    auth: str = "tokens"
+    tokens: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
+    client_ca: str | None = None
     expire_every: float = 1.0
     reconcile_every: float = 5.0
+
+    def tls(self) -> dict | None:
+        """uvicorn's TLS options from ``certfile``, ``keyfile`` and ``client_ca`` (None: plain HTTP)."""
+        if not (self.certfile or self.keyfile or self.client_ca):
+            return None
+        options = {"ssl_certfile": self.certfile, "ssl_keyfile": self.keyfile}
+        if self.client_ca:
+            options |= {"ssl_ca_certs": self.client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        return options
 
     def protected(self) -> list[str]:
         """The controller's own addresses: ``own_addresses`` and the specific listen addresses."""
@@ -257,6 +273,20 @@ class ControllerConfig:
         if unknown:
             raise ValueError(f"{path}: unknown section(s) {', '.join(unknown)}; accepted: {', '.join(sorted(known))}")
         of, api, store, safety, timers = (data.get(k, {}) for k in ("openflow", "api", "store", "safety", "timers"))
+        auth, tokens = api.get("auth", "tokens"), api.get("tokens")
+        if auth not in ("tokens", "none"):
+            raise ValueError(f'{path}: [api] auth must be "tokens" or "none", got {auth!r}')
+        if auth == "tokens" and not tokens:
+            raise ValueError(f'{path}: [api] tokens = "FILE" is required (make one with python -m sdn.auth add); '
+                             'on loopback, auth = "none" turns authentication off')  # fmt: skip
+        if auth == "none" and tokens:
+            raise ValueError(f'{path}: [api] auth = "none" and a tokens file contradict each other; drop one')
+        from sdn.api import is_loopback
+
+        host = str(api.get("host", "127.0.0.1"))
+        if not is_loopback(host) and (auth == "none" or not (api.get("certfile") and api.get("keyfile"))):
+            raise ValueError(f"{path}: [api] host {host!r} is beyond loopback: it needs tokens and TLS (certfile and "
+                             "keyfile)")  # fmt: skip
         for name in ("expire_every", "reconcile_every"):
             value = timers.get(name, 1.0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 86400:
@@ -266,8 +296,9 @@ class ControllerConfig:
                    store=str(store.get("path", "isolation-blocks.sqlite")), allowlist=list(safety.get("allowlist", [])),
                    max_per_minute=int(safety.get("max_per_minute", 30)),
                    max_blocked_share=float(safety.get("max_blocked_share", 0.25)),
-                   own_addresses=list(safety.get("own_addresses", [])), certfile=api.get("certfile"),
-                   keyfile=api.get("keyfile"), expire_every=float(timers.get("expire_every", 1.0)),
+                   own_addresses=list(safety.get("own_addresses", [])), auth=auth,
+                   tokens=None if tokens is None else str(tokens), certfile=api.get("certfile"),
+                   keyfile=api.get("keyfile"), client_ca=api.get("client_ca"), expire_every=float(timers.get("expire_every", 1.0)),
                    reconcile_every=float(timers.get("reconcile_every", 5.0)))  # fmt: skip
 
 
@@ -278,11 +309,13 @@ class Controller:
         from os_ken import cfg
 
         from sdn.api import IsolationAPI
+        from sdn.auth import TokenStore
         from sdn.blocklist import BlockStore
         from sdn.isolation import IsolationService
         from sdn.safety import Allowlist, CircuitBreaker
 
         self.config = config
+        tokens = TokenStore(config.tokens) if config.auth == "tokens" else None  # a bad file: refused before os-ken
         cfg.CONF.set_override("ofp_listen_host", config.openflow_host)
         cfg.CONF.set_override("ofp_tcp_listen_port", config.openflow_port)  # only this port (no 6633 as well)
         self.manager = app_manager.AppManager.get_instance()
@@ -303,13 +336,15 @@ class Controller:
                                         CircuitBreaker(config.max_per_minute, config.max_blocked_share),
                                         own_addresses=config.protected())  # fmt: skip
         self.switch.service = self.service
-        tls = {"ssl_certfile": config.certfile, "ssl_keyfile": config.keyfile} if config.certfile else None
         self.api = IsolationAPI(self.service, config.api_host, config.api_port,
-                                health=lambda: {"switches": len(self.switch._switches())}, ssl=tls).start()  # fmt: skip
+                                health=lambda: {"switches": len(self.switch._switches())},
+                                auth=tokens,
+                                ssl=config.tls()).start()  # fmt: skip
         self._stop = threading.Event()
         threading.Thread(target=self._expire_loop, name="isolation-expiry", daemon=True).start()
-        log.info("controller: OpenFlow on %s:%d, isolation API on http://%s:%d", config.openflow_host,
-                 config.openflow_port, *self.api.address)  # fmt: skip
+        log.info("controller: OpenFlow on %s:%d, isolation API on %s://%s:%d (%s)", config.openflow_host,
+                 config.openflow_port, "https" if self.api.tls else "http", *self.api.address,
+                 f"tokens {config.tokens}" if config.auth == "tokens" else "no authentication")  # fmt: skip
 
     def _expire_loop(self) -> None:
         last_reconcile = time.monotonic()

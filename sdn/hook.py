@@ -10,7 +10,11 @@ dequeued) is answered from that record and applied exactly once. Delivery rules:
 * an answer that may change (5xx, 408, 429): that call is retried with backoff, up to ``max_attempts`` answers;
 * a circuit-breaker refusal (403 with ``retry_after``): retried once the breaker's window has passed (no block
   call is sent before then), for at most ``max_age`` seconds after the verdict;
-* any other refusal (400 bad input, 403 allowlisted or never-blocked address, 404) is final.
+* any other refusal (400 bad input, 403 allowlisted or never-blocked address, 403 outside this gateway's
+  networks, 404) is final;
+* a 401 (no token, a wrong or rotated token, the controller's tokens file broken) is an operator's error, not the
+  call's: nothing is dead-lettered, every call stays queued, an error is logged and delivery backs off as if the
+  controller were unreachable; once the token is fixed (the token file is read again when it changes) they go.
 
 A call that fails for good (a final refusal, ``max_attempts`` answers that may change, or older than ``max_age``)
 is moved to the dead-letter table with its last answer: it never holds up later calls. Calls for one host keep
@@ -19,6 +23,13 @@ their order (a later call for a host waits behind an earlier one still being ret
 
     python -m gateway serve --bundle B --source S --host-sink 'sdn:http://127.0.0.1:8470?ttl=300&queue=q.sqlite'
     python -m sdn.hook --queue q.sqlite --status      # pending calls and the dead-letter table, as JSON
+
+Authentication (:mod:`sdn.auth`): the gateway's token goes in ``Authorization: Bearer``, read from
+``token_file=PATH`` (a file only its owner may read: mode 0600 or 0400; anything more is refused) or else from the
+environment variable ``BOTDEFENDER_ISOLATION_TOKEN``; never from the URL (a ``token`` option or ``user:pass@`` is
+refused), and it is never logged. A token is sent over plain http only to a loopback address. For https,
+``ca=PATH`` is the CA file that signed the controller's certificate (default: the system's trust store) and
+``cert=PATH`` / ``key=PATH`` a client certificate, if the controller asks for one.
 
 Options in the query: ``queue`` the queue file (its folder must exist; default ``isolation-queue.sqlite``),
 ``ttl`` seconds for blocks (a finite number > 0), ``dry_run=1``, ``max_attempts`` (default 5), ``max_age`` seconds
@@ -29,9 +40,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import ipaddress
 import logging
 import math
+import os
 import sqlite3
+import ssl
 import sys
 import threading
 import time
@@ -42,47 +56,15 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit, urlunsplit
 
+from sdn.auth import AuthError, check_private
+from sdn.hook_queue import FIELDS, QueueError, open_queue, status
 from sdn.isolation import check_ttl
 
 log = logging.getLogger("sdn.hook")
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the controller is local: no proxy
+TOKEN_VARIABLE = "BOTDEFENDER_ISOLATION_TOKEN"
 RETRY_CODES = {408, 429}  # besides 5xx: answers that may change
-COLUMNS = "id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, host TEXT NOT NULL, call TEXT NOT NULL, " \
-          "created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL DEFAULT 0, code INTEGER, " \
-          "reason TEXT"  # fmt: skip
-SCHEMA = f"CREATE TABLE IF NOT EXISTS pending ({COLUMNS}); CREATE TABLE IF NOT EXISTS dead_letter ({COLUMNS}, " \
-         "moved REAL NOT NULL);"  # fmt: skip
-FIELDS = ("id", "key", "host", "call", "created", "attempts", "next_at", "code", "reason")
-
-
-class QueueError(ValueError):
-    """The queue file cannot be opened or is not a queue."""
-
-
-def open_queue(path: str | Path) -> sqlite3.Connection:
-    """The queue database at ``path`` (created if absent; a queue of the first schema is migrated)."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise QueueError(f"isolation queue folder {path.parent} does not exist (queue file {path}); create it first")
-    try:
-        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
-        db.execute("PRAGMA journal_mode=WAL")  # with synchronous NORMAL: durable across a crash of the gateway
-        db.execute("PRAGMA synchronous=NORMAL")  # (not of the machine's power) without an fsync per verdict
-        columns = [row[1] for row in db.execute("PRAGMA table_info(pending)")]
-        if columns == ["id", "call"]:  # the first schema: one column of calls, no keys
-            old = db.execute("SELECT call FROM pending ORDER BY id").fetchall()
-            db.execute("ALTER TABLE pending RENAME TO pending_v1")
-            db.executescript(SCHEMA)
-            for (text,) in old:
-                call = json.loads(text)
-                host = call["body"]["ip"] if call["body"] else call["path"].rsplit("/", 1)[-1]
-                db.execute("INSERT INTO pending (key, host, call, created) VALUES (?, ?, ?, ?)",
-                           (uuid.uuid4().hex, host, text, time.time()))  # fmt: skip
-            db.execute("DROP TABLE pending_v1")
-        db.executescript(SCHEMA)
-    except sqlite3.DatabaseError as err:
-        raise QueueError(f"isolation queue {path}: {err}") from None
-    return db
+__all__ = ["IsolationHook", "QueueError", "hook_from_spec", "main", "open_queue", "status"]
 
 
 class IsolationHook:
@@ -91,8 +73,13 @@ class IsolationHook:
     def __init__(self, url: str, queue_path: str | Path = "isolation-queue.sqlite", *, ttl: float | None = None,
                  dry_run: bool = False, timeout: float = 2.0, backoff: float = 0.5, max_backoff: float = 30.0,
                  max_attempts: int = 5, max_age: float = 3600.0, interval: float | None = 1.0,
-                 clock=time.time) -> None:  # fmt: skip
+                 clock=time.time, token: str | None = None, token_file: str | Path | None = None,
+                 cafile: str | None = None, certfile: str | None = None, keyfile: str | None = None) -> None:  # fmt: skip
         self.url = url.rstrip("/")
+        self._token_text, self._token_file = token, None if token_file is None else Path(token_file)
+        self._token_signature: tuple = ()
+        self._token()  # a missing or readable-by-others token file: refused on start
+        self._opener = _opener(self.url, cafile, certfile, keyfile)
         self.ttl, self.dry_run, self.timeout = ttl, dry_run, timeout
         self.backoff, self.max_backoff, self.clock = backoff, max_backoff, clock
         self.max_attempts, self.max_age = max_attempts, max_age
@@ -229,6 +216,14 @@ class IsolationHook:
                                 len(rows) - sent, self._delay)  # fmt: skip
                     return sent
                 self._delay = 0.0
+                if code == 401:  # the token, not the call: keep everything queued (see the module docstring)
+                    self._delay = min(max(self._delay * 2, self.backoff), self.max_backoff)
+                    self._unreachable_until = self.clock() + self._delay
+                    self.counts["unauthorized"] += 1
+                    log.error("the controller refused this gateway's token (401: %s); %d call(s) stay queued, next "
+                              "try in %.1f s; check token_file= or %s", str(answer.get("reason", ""))[:200],
+                              len(rows) - sent, self._delay, TOKEN_VARIABLE)  # fmt: skip
+                    return sent
                 if code < 400:
                     with self._lock:
                         self._db.execute("DELETE FROM pending WHERE id = ?", (entry["id"],))
@@ -272,18 +267,62 @@ class IsolationHook:
         self._db.execute("DELETE FROM pending WHERE id = ?", (entry["id"],))
         self._db.execute("COMMIT")
 
+    def _token(self) -> str | None:
+        """The token: the token file's (read again when the file changed), else the one given; None: no token."""
+        if self._token_file is None:
+            return self._token_text
+        try:
+            info = check_private(self._token_file, "isolation token file")
+        except AuthError as err:
+            raise ValueError(f"host sink sdn: {err}") from None
+        signature = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if signature != self._token_signature:
+            text = self._token_file.read_text(encoding="utf-8").strip()
+            if not text or any(c.isspace() for c in text):
+                raise ValueError(f"host sink sdn: isolation token file {self._token_file} must hold one token")
+            self._token_text, self._token_signature = text, signature
+        return self._token_text
+
     def _request(self, call: dict, key: str) -> tuple[int, dict]:
         data = None if call["body"] is None else json.dumps(call["body"]).encode()
-        request = urllib.request.Request(self.url + call["path"], data=data, method=call["method"],
-                                         headers={"Content-Type": "application/json", "Idempotency-Key": key})
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        token = self._token()  # a token file gone bad: ValueError, handled like an unreachable controller
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(self.url + call["path"], data=data, method=call["method"], headers=headers)
         try:
-            with NO_PROXY.open(request, timeout=self.timeout) as response:
+            with self._opener.open(request, timeout=self.timeout) as response:
                 return response.status, _json_object(response.read())
         except urllib.error.HTTPError as err:  # an answer, not a transport failure
             try:
                 return err.code, _json_object(err.read())
             except ValueError:
                 return err.code, {"reason": str(err)}
+
+
+def _opener(url: str, cafile: str | None, certfile: str | None, keyfile: str | None) -> urllib.request.OpenerDirector:
+    """No proxy (the controller is reached directly); for https, a TLS context trusting ``cafile`` (default: the
+    system's CAs) with the client certificate ``certfile``/``keyfile`` if given."""
+    if not url.startswith("https:"):
+        if cafile or certfile or keyfile:
+            raise ValueError("host sink sdn: ca, cert and key need an https URL")
+        return NO_PROXY
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+        if certfile or keyfile:
+            context.load_cert_chain(certfile or "", keyfile)
+    except (OSError, ssl.SSLError) as err:
+        raise ValueError(f"host sink sdn: TLS files (ca {cafile}, cert {certfile}, key {keyfile}): {err}") from None
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
+
+
+def _loopback(hostname: str | None) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname or "").is_loopback
+    except ValueError:
+        return False
 
 
 def _json_object(data: bytes) -> dict:
@@ -293,7 +332,8 @@ def _json_object(data: bytes) -> dict:
     return value
 
 
-SPEC_OPTIONS = ("queue", "ttl", "dry_run", "max_attempts", "max_age", "interval", "timeout")
+SPEC_OPTIONS = ("queue", "ttl", "dry_run", "max_attempts", "max_age", "interval", "timeout", "token_file", "ca", "cert",
+                "key")  # fmt: skip
 
 
 def _number(name: str, text: str, *, integer: bool = False) -> float:
@@ -312,7 +352,13 @@ def hook_from_spec(spec: str) -> IsolationHook:
     parts = urlsplit(spec)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"host sink sdn needs the isolation API's URL, e.g. sdn:http://127.0.0.1:8470; got {spec!r}")
+    if "@" in parts.netloc:
+        raise ValueError("host sink sdn: credentials in the URL are refused; give the token in a file (token_file=) "
+                         f"or {TOKEN_VARIABLE}")  # fmt: skip
     options = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    if "token" in options:
+        raise ValueError(f"host sink sdn: a token in the URL is refused (it would show in process lists and logs); "
+                         f"give it in a file (token_file=) or {TOKEN_VARIABLE}")  # fmt: skip
     unknown = set(options) - set(SPEC_OPTIONS)
     if unknown:
         raise ValueError(f"host sink sdn: unknown option(s) {', '.join(sorted(unknown))}; accepted: "
@@ -326,28 +372,19 @@ def hook_from_spec(spec: str) -> IsolationHook:
     dry = options.get("dry_run", "0").lower()
     if dry not in ("0", "1", "true", "false", "yes", "no"):
         raise ValueError(f"host sink sdn: dry_run must be 0 or 1, got {options['dry_run']!r}")
+    token_file = options.get("token_file") or None
+    token = None if token_file else os.environ.get(TOKEN_VARIABLE, "").strip() or None
+    if (token or token_file) and parts.scheme == "http" and not _loopback(parts.hostname):
+        raise ValueError(f"host sink sdn: the token would cross the network in the clear to {parts.hostname}; use an "
+                         "https URL (with ca=PATH)")  # fmt: skip
     return IsolationHook(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
                          options.get("queue", "isolation-queue.sqlite"), ttl=ttl, dry_run=dry in ("1", "true", "yes"),
                          max_attempts=int(_number("max_attempts", options.get("max_attempts", "5"), integer=True)),
                          max_age=_number("max_age", options.get("max_age", "3600")),
                          interval=_number("interval", options.get("interval", "1")),
-                         timeout=_number("timeout", options.get("timeout", "2")))  # fmt: skip
-
-
-def status(queue_path: str | Path) -> dict:
-    """What a queue file holds: pending calls and the dead-letter table."""
-    db = open_queue(queue_path)
-    try:
-        pending = [dict(zip(FIELDS, row)) for row in
-                   db.execute(f"SELECT {', '.join(FIELDS)} FROM pending ORDER BY id").fetchall()]  # fmt: skip
-        dead = [dict(zip((*FIELDS, "moved"), row)) for row in
-                db.execute(f"SELECT {', '.join(FIELDS)}, moved FROM dead_letter ORDER BY moved, id").fetchall()]  # fmt: skip
-    finally:
-        db.close()
-    for entry in pending + dead:
-        entry["call"] = json.loads(entry["call"])
-    return {"queue": str(queue_path), "pending": len(pending), "dead_letter": len(dead), "pending_calls": pending,
-            "dead_letter_calls": dead}  # fmt: skip
+                         timeout=_number("timeout", options.get("timeout", "2")), token=token, token_file=token_file,
+                         cafile=options.get("ca") or None, certfile=options.get("cert") or None,
+                         keyfile=options.get("key") or None)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

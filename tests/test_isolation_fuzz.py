@@ -1,24 +1,30 @@
 """Fuzz test of the isolation API (issue 14): random methods, paths, headers and bodies (JSON of any shape and raw
 bytes) go through the ASGI app and the service over a real store; no exception may escape and every answer must
-be strict JSON with a known status code. Hypothesis with a fixed seed, derandomised under CI=true, bounded."""
+be strict JSON with a known status code. Authentication is on: each request carries an admin token, a gateway's
+token scoped to 10.0.0.0/8 and 2001:db8::/32, a wrong token, none or junk. Hypothesis with a fixed seed, derandomised under CI=true, bounded."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ipaddress
 import math
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from conftest import FakeBackend
 from sdn.api import IsolationApp
+from sdn.auth import Gateway, TokenStore, digest, new_token, save
 from sdn.blocklist import BlockStore
 from sdn.isolation import IsolationService
 from sdn.safety import Allowlist, CircuitBreaker
 
-CODES = {200, 400, 403, 404, 405, 408, 413, 415, 502}
+CODES = {200, 400, 401, 403, 404, 405, 408, 413, 415, 502}
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 addresses = st.one_of(st.ip_addresses().map(str), st.sampled_from(["::ffff:10.0.0.1", "fe80::1%eth0", "0.0.0.0",
@@ -36,7 +42,10 @@ bodies = st.one_of(
 )  # fmt: skip
 paths = st.one_of(st.sampled_from(["/blocks", "/health", "/"]), addresses.map(lambda a: "/blocks/" + a),
                   st.text(max_size=30).map(lambda t: "/" + t))  # fmt: skip
-headers = st.fixed_dictionaries({}, optional={
+ADMIN, SCOPED = new_token("admin"), new_token("gw")
+authorization = st.sampled_from([f"Bearer {ADMIN}".encode(), f"Bearer {SCOPED}".encode(), f"Bearer {SCOPED}".encode(),
+                                 f"Bearer {new_token('gw')}".encode(), f"bearer {ADMIN}x".encode(), b"", b"Basic eDp5"])
+headers = st.fixed_dictionaries({b"authorization": authorization | st.binary(max_size=80)}, optional={
     b"content-type": st.sampled_from([b"application/json", b"text/plain", b"application/json; charset=utf-8", b""])
     | st.binary(max_size=20),
     b"idempotency-key": st.sampled_from([b"k-1", b"k-2"]) | st.binary(max_size=140),
@@ -49,10 +58,15 @@ def _strict(name: str):
 
 
 def make_app() -> IsolationApp:
+    folder = Path(tempfile.mkdtemp(prefix="isolation-fuzz-"))
+    atexit.register(shutil.rmtree, folder, True)
+    tokens = folder / "tokens.json"
+    save(tokens, {"admin": Gateway("admin", digest(ADMIN), (), admin=True),
+                  "gw": Gateway("gw", digest(SCOPED), tuple(map(ipaddress.ip_network, ["10.0.0.0/8", "2001:db8::/32"])))})
     service = IsolationService(BlockStore(":memory:"), FakeBackend(hosts=1000), allowlist=Allowlist(["10.9.0.0/16"]),
                                breaker=CircuitBreaker(max_per_minute=5, max_blocked_share=0.5),
                                own_addresses=["10.1.2.3"])  # fmt: skip
-    return IsolationApp(service, read_timeout=0.2, workers=2)
+    return IsolationApp(service, auth=TokenStore(tokens), read_timeout=0.2, workers=2)
 
 
 APP = make_app()
@@ -88,7 +102,8 @@ def test_any_request_gets_a_strict_json_answer(method, path, header_map, body):
     if code == 200 and method == "POST":
         block = answer["block"]
         assert block and math.isfinite(block["created"]) and (block["expires"] is None or math.isfinite(block["expires"]))
-    blocks = json.loads(asyncio.run(_exchange(APP, "GET", "/blocks", {}, b""))[1], parse_constant=_strict)["blocks"]
+    admin = {b"authorization": f"Bearer {ADMIN}".encode()}
+    blocks = json.loads(asyncio.run(_exchange(APP, "GET", "/blocks", admin, b""))[1], parse_constant=_strict)["blocks"]
     assert not {"0.0.0.0", "255.255.255.255", "10.1.2.3", "127.0.0.1", "::1"} & {b["ip"] for b in blocks}
 
 

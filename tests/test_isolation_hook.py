@@ -1,10 +1,12 @@
 """The isolation API over HTTP (uvicorn) and the gateway's hook, on loopback with a fake rule backend: status codes,
 the server's limits (read timeouts, body size, JSON only, backlog), queueing while the controller is down, the
 dead-letter table, breaker refusals retried, delivery on the hook's own timer, exactly-once by idempotency key,
-the sink spec checked on start."""
+the sink spec checked on start. Every server here authenticates (one gateway token covering 10.0.0.0/8, sent by
+``_call`` and the hooks); tests/test_isolation_auth.py tests the authentication itself."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import sqlite3
@@ -17,12 +19,20 @@ import pytest
 from conftest import FakeBackend
 from gateway.hosts import HostVerdict
 from sdn.api import IsolationAPI
+from sdn.auth import Gateway, TokenStore, digest, new_token, save
 from sdn.blocklist import BlockStore
 from sdn.hook import IsolationHook, QueueError, hook_from_spec, main as hook_main
 from sdn.isolation import IsolationService
 from sdn.safety import Allowlist, CircuitBreaker
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+TOKEN = new_token("gw")
+
+
+def tokens(folder) -> TokenStore:
+    """A tokens file in ``folder`` holding TOKEN's digest for the networks these tests use."""
+    save(folder / "tokens.json", {"gw": Gateway("gw", digest(TOKEN), (ipaddress.ip_network("10.0.0.0/8"),))})
+    return TokenStore(folder / "tokens.json")
 
 
 class Clock:
@@ -37,7 +47,7 @@ class Clock:
 def api(tmp_path):
     backend = FakeBackend()
     service = IsolationService(BlockStore(tmp_path / "blocks.sqlite"), backend, allowlist=Allowlist(["10.9.0.0/16"]))
-    server = IsolationAPI(service, read_timeout=0.5).start()
+    server = IsolationAPI(service, auth=tokens(tmp_path), read_timeout=0.5).start()
     yield server, backend
     server.stop()
 
@@ -45,8 +55,8 @@ def api(tmp_path):
 def _call(url: str, method: str, body: dict | None = None, headers: dict | None = None,
           data: bytes | None = None) -> tuple[int, dict]:  # fmt: skip
     data = data if data is not None else None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers=headers or {"Content-Type": "application/json"})  # fmt: skip
+    headers = {"Authorization": f"Bearer {TOKEN}", **(headers or {"Content-Type": "application/json"})}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with OPENER.open(request, timeout=5) as response:
             return response.status, json.loads(response.read())
@@ -85,7 +95,7 @@ def test_only_json_bodies_and_strict_json_both_ways(api):
     for raw in (b'{"ip": "10.0.0.5", "ttl": NaN}', b'{"ip": "10.0.0.5", "ttl": Infinity}', b"[1]", b"\xff"):
         assert _call(url + "/blocks", "POST", data=raw, headers={"Content-Type": "application/json"})[0] == 400
     assert _call(url + "/blocks", "POST", {"ip": "10.0.0.5", "ttl": 1e308})[0] == 400
-    request = urllib.request.Request(url + "/blocks", method="GET")
+    request = urllib.request.Request(url + "/blocks", method="GET", headers={"Authorization": f"Bearer {TOKEN}"})
     text = OPENER.open(request, timeout=5).read().decode()
     assert "NaN" not in text and "Infinity" not in text and backend.rules == {}
 
@@ -181,16 +191,16 @@ def test_the_hook_queues_while_the_controller_is_down_and_delivers_after(tmp_pat
     service = IsolationService(BlockStore(tmp_path / "blocks.sqlite"), backend)
     host, port = _free_address()  # nothing listens there yet
     clock = Clock()
-    hook = IsolationHook(f"http://{host}:{port}", tmp_path / "queue.sqlite", timeout=0.5, clock=clock, interval=None)
+    hook = IsolationHook(f"http://{host}:{port}", tmp_path / "queue.sqlite", token=TOKEN, timeout=0.5, clock=clock, interval=None)
     hook.emit(verdict("10.0.0.5", "isolate"))
     hook.emit(verdict("10.0.0.6", "isolate"))
     hook.emit(verdict("10.0.0.5", "release"))
     assert hook.pending() == 3 and backend.rules == {}
     hook.close()  # a gateway restart: the queue is on disk
-    server = IsolationAPI(service, host, port).start()
+    server = IsolationAPI(service, host, port, auth=tokens(tmp_path)).start()
     try:
         clock.now += 100
-        again = IsolationHook(f"http://{host}:{port}", tmp_path / "queue.sqlite", clock=clock, interval=None)
+        again = IsolationHook(f"http://{host}:{port}", tmp_path / "queue.sqlite", token=TOKEN, clock=clock, interval=None)
         assert again.flush() == 3 and again.pending() == 0
         assert backend.rules == {"10.0.0.6": None} and backend.installs == 2  # in order, each once
         assert again.flush() == 0 and backend.installs == 2  # nothing duplicated
@@ -205,12 +215,12 @@ def test_a_quiet_gateway_still_delivers_on_the_hooks_timer(tmp_path):
     service = IsolationService(BlockStore(tmp_path / "blocks.sqlite"), backend,
                                breaker=CircuitBreaker(max_per_minute=1000, max_blocked_share=1.0))  # fmt: skip
     host, port = _free_address()
-    hook = IsolationHook(f"http://{host}:{port}", tmp_path / "queue.sqlite", timeout=0.5, interval=0.1,
+    hook = IsolationHook(f"http://{host}:{port}", tmp_path / "queue.sqlite", token=TOKEN, timeout=0.5, interval=0.1,
                          backoff=0.1, max_backoff=0.2)  # fmt: skip
     for i in range(50):
         hook.emit(verdict(f"10.0.1.{i + 1}", "isolate"))
     time.sleep(0.3)
-    server = IsolationAPI(service, host, port).start()
+    server = IsolationAPI(service, host, port, auth=tokens(tmp_path)).start()
     try:
         deadline = time.monotonic() + 10
         while hook.pending() and time.monotonic() < deadline:  # no emit, no flush from here: the timer delivers
@@ -239,10 +249,10 @@ def test_a_call_that_keeps_failing_goes_to_the_dead_letter_table_and_blocks_noth
     up every later call in the queue."""
     backend = Scripted({"10.0.0.66"})
     service = IsolationService(BlockStore(tmp_path / "blocks.sqlite"), backend)
-    server = IsolationAPI(service).start()
+    server = IsolationAPI(service, auth=tokens(tmp_path)).start()
     clock = Clock()
     try:
-        hook = IsolationHook(base(server), tmp_path / "queue.sqlite", clock=clock, interval=None, max_attempts=3)
+        hook = IsolationHook(base(server), tmp_path / "queue.sqlite", token=TOKEN, clock=clock, interval=None, max_attempts=3)
         hook.emit(verdict("10.0.0.66", "isolate"))  # 502 each time
         hook.emit(verdict("fe80::1%eth0", "isolate"))  # 400: final at once
         hook.emit(verdict("10.0.0.7", "isolate"))
@@ -271,9 +281,9 @@ def test_breaker_refusals_are_retried_after_its_window(tmp_path):
     backend = FakeBackend(hosts=1000)
     service = IsolationService(BlockStore(tmp_path / "blocks.sqlite"), backend, clock=clock,
                                breaker=CircuitBreaker(max_per_minute=10, max_blocked_share=1.0))  # fmt: skip
-    server = IsolationAPI(service).start()
+    server = IsolationAPI(service, auth=tokens(tmp_path)).start()
     try:
-        hook = IsolationHook(base(server), tmp_path / "queue.sqlite", clock=clock, interval=None)
+        hook = IsolationHook(base(server), tmp_path / "queue.sqlite", token=TOKEN, clock=clock, interval=None)
         for i in range(40):
             hook.emit(verdict(f"10.0.2.{i + 1}", "isolate"))
         assert len(backend.rules) == 10 and hook.pending() == 30
@@ -294,9 +304,9 @@ def test_a_kill_during_delivery_does_not_apply_a_call_twice(tmp_path):
     sent again by the next run is answered from the record (its idempotency key) and the host stays free."""
     backend = FakeBackend()
     service = IsolationService(BlockStore(tmp_path / "blocks.sqlite"), backend)
-    server = IsolationAPI(service).start()
+    server = IsolationAPI(service, auth=tokens(tmp_path)).start()
     try:
-        hook = IsolationHook(base(server), tmp_path / "queue.sqlite", interval=None)
+        hook = IsolationHook(base(server), tmp_path / "queue.sqlite", token=TOKEN, interval=None)
         real = hook._request
 
         def killed(call, key):
@@ -309,7 +319,7 @@ def test_a_kill_during_delivery_does_not_apply_a_call_twice(tmp_path):
         hook._db.close()
         assert backend.rules == {"10.0.0.5": None}
         assert _call(base(server) + "/blocks/10.0.0.5", "DELETE")[1]["status"] == "unblocked"
-        again = IsolationHook(base(server), tmp_path / "queue.sqlite", interval=None)
+        again = IsolationHook(base(server), tmp_path / "queue.sqlite", token=TOKEN, interval=None)
         assert again.pending() == 1 and again.flush() == 1 and again.pending() == 0
         assert backend.rules == {} and backend.installs == 1
         again.close()
@@ -330,8 +340,9 @@ def test_a_queue_of_the_first_schema_is_migrated(tmp_path):
     hook._db.close()
 
 
-def test_refusals_are_final_and_dry_run_only_logs(api, tmp_path, caplog):
+def test_refusals_are_final_and_dry_run_only_logs(api, tmp_path, caplog, monkeypatch):
     server, backend = api
+    monkeypatch.setenv("BOTDEFENDER_ISOLATION_TOKEN", TOKEN)
     url = base(server)
     hook = hook_from_spec(f"{url}?queue={tmp_path / 'q.sqlite'}&ttl=60")
     hook.emit(verdict("10.9.3.3", "isolate"))  # allowlisted: refused, not retried

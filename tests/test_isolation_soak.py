@@ -4,10 +4,12 @@ and restarted, the service (controller side) is restarted over its store (once w
 and 5xx answers are injected before and after the service applied a call. At the end the switch holds exactly
 the verdicts' net effect, every call was applied exactly once, and the dead-letter table lists exactly the calls
 that can never succeed (allowlisted hosts, a host whose rules the switch never confirms). The circuit breaker's
-limits are raised here; it is exercised in tests/test_isolation_hook.py."""
+limits are raised here; it is exercised in tests/test_isolation_hook.py. The API authenticates: the hooks send one
+gateway's token (the serve runs read it from a 0600 token file)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import random
@@ -25,6 +27,7 @@ from conftest import RAW_FILE
 from flows.normalise import UnswRaw
 from gateway.hosts import HostVerdict
 from sdn.api import IsolationAPI
+from sdn.auth import Gateway, TokenStore, digest, new_token, save
 from sdn.blocklist import BlockStore
 from sdn.hook import IsolationHook
 from sdn.isolation import IsolationService
@@ -35,6 +38,7 @@ PHASES = 20
 ALLOWLISTED = [f"10.60.0.{i}" for i in range(1, 4)]
 BROKEN = ["10.61.0.1"]  # the switch never confirms its rules: every block answers 502
 REPO = Path(__file__).resolve().parents[1]
+TOKEN = new_token("soak")
 
 
 class Switch:
@@ -110,6 +114,10 @@ class ControllerSide:
         self.server: IsolationAPI | None = None
         self.port = 0
         self.injected = Counter()
+        save(folder / "tokens.json", {"soak": Gateway("soak", digest(TOKEN), (ipaddress.ip_network("10.0.0.0/8"),))})
+        self.token_file = folder / "soak.token"
+        self.token_file.write_text(TOKEN + "\n")
+        self.token_file.chmod(0o600)
         self.service = self._service()
 
     def _service(self) -> CountingService:
@@ -117,7 +125,8 @@ class ControllerSide:
                                breaker=CircuitBreaker(max_per_minute=10**9, max_blocked_share=1.0))  # fmt: skip
 
     def up(self) -> None:
-        self.server = IsolationAPI(self.service, "127.0.0.1", self.port, workers=4)
+        self.server = IsolationAPI(self.service, "127.0.0.1", self.port, workers=4,
+                                   auth=TokenStore(self.folder / "tokens.json"))  # fmt: skip
         self.port = self.server.address[1]
         flaky = Flaky(self.server.app, self.rng, before=0.05, after=0.05)
         self.server.server.config.app = flaky  # uvicorn loads the app on start
@@ -160,7 +169,7 @@ def test_soak_the_switch_ends_with_the_verdicts_net_effect(tmp_path):
 
     def new_hook() -> IsolationHook:
         return IsolationHook(url, queue, timeout=2.0, interval=0.05, backoff=0.01, max_backoff=0.1, max_attempts=25,
-                             max_age=10**6)  # fmt: skip
+                             max_age=10**6, token=TOKEN)  # fmt: skip
 
     hook = new_hook()
     hosts = [f"10.50.{i // 200}.{i % 200 + 1}" for i in range(400)] + ALLOWLISTED + BROKEN
@@ -281,7 +290,8 @@ def test_soak_through_gateway_serve(tmp_path, bundle_dir, data_dir):
     controller.up()
     url = f"http://127.0.0.1:{controller.port}"
     queue, log = tmp_path / "queue.sqlite", tmp_path / "hosts.jsonl"
-    sink = f"sdn:{url}?queue={queue}&max_attempts=25&max_age=1000000&interval=0.05&timeout=2"
+    sink = f"sdn:{url}?queue={queue}&max_attempts=25&max_age=1000000&interval=0.05&timeout=2" \
+           f"&token_file={controller.token_file}"  # fmt: skip
     hosts = [f"10.50.{i // 200}.{i % 200 + 1}" for i in range(400)] + ALLOWLISTED + BROKEN
     predicted: list[tuple[str, str]] = []
     events, started = Counter(), time.monotonic()
@@ -318,7 +328,7 @@ def test_soak_through_gateway_serve(tmp_path, bundle_dir, data_dir):
             controller.up()
         events[event] += 1
     hook = IsolationHook(url, queue, timeout=2.0, interval=0.05, backoff=0.01, max_backoff=0.1, max_attempts=25,
-                         max_age=10**6)  # fmt: skip
+                         max_age=10**6, token=TOKEN)  # fmt: skip
     assert hook.drain(180), f"{hook.pending()} calls still queued"
     seconds = time.monotonic() - started
     dead = hook.dead_letters()

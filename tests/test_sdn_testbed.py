@@ -1,6 +1,6 @@
 """The isolation controller on a real Open vSwitch (issue 6, point 4): three hosts in namespaces, the os-ken
 controller as its own process, blocks enforced in both directions, unblock, TTL, allowlist, restart, the hook
-queueing while the controller is down.
+queueing while the controller is down; the API authenticates (one gateway token for the bed's subnet).
 
 Needs root and Open vSwitch: outside CI it skips with a printed reason when they are missing; under CI=true it
 must run. Traffic stays between the bed's namespaces; every ping is bounded (count and deadline)."""
@@ -32,6 +32,11 @@ def reaches(source, target, tcp: bool = False) -> bool:
     return source.exec("ping", "-c", "1", "-W", "1", target.ip, check=False).returncode == 0
 
 
+def api(controller, path: str, method: str, body: dict | None = None) -> tuple[int, dict]:
+    """A call to the controller's API with the bed's gateway token."""
+    return call(controller.url + path, method, body, token=controller.token)
+
+
 def reaches_again(source, target, tcp: bool = False, within: float = 5.0) -> bool:
     """After an unblock: bounded retries of :func:`reaches`. The rules are gone once the API answers (barrier),
     but the hosts' ARP entries failed during the block and their re-resolution can outlast a single 1 s ping."""
@@ -47,7 +52,8 @@ def reaches_again(source, target, tcp: bool = False, within: float = 5.0) -> boo
 def bed_and_controller(tmp_path_factory):
     skip_without_testbed()
     folder = tmp_path_factory.mktemp("sdn")
-    controller = ControllerProcess(folder, allowlist=["10.78.0.3"], reconcile_every=1.0).start()
+    controller = ControllerProcess(folder, allowlist=["10.78.0.3"], reconcile_every=1.0, networks=["10.78.0.0/24"])
+    controller.start()
     bed = NetworkBed(prefix="bds", subnet="10.78.0", controller=f"tcp:127.0.0.1:{controller.of_port}",
                      state_dir=folder / "ovs")  # fmt: skip
     try:
@@ -74,22 +80,22 @@ def test_a_block_cuts_the_host_off_both_ways_and_unblock_restores(bed_and_contro
     h1, h2, h3 = bed.hosts
     assert reaches(h1, h2)
     start = time.perf_counter()
-    code, answer = call(controller.url + "/blocks", "POST", {"ip": h1.ip, "reason": "test"})
+    code, answer = api(controller, "/blocks", "POST", {"ip": h1.ip, "reason": "test"})
     confirmed_ms = 1000 * (time.perf_counter() - start)
     assert code == 200 and answer["status"] == "blocked" and confirmed_ms < 1000
     assert not reaches(h1, h2) and not reaches(h2, h1) and not reaches(h3, h1, tcp=True)
     assert reaches(h2, h3) and reaches(h3, h2, tcp=True)
-    assert call(controller.url + "/blocks", "POST", {"ip": h1.ip, "reason": "again"})[1]["status"] == "already_blocked"
-    assert call(controller.url + f"/blocks/{h1.ip}", "DELETE")[1]["status"] == "unblocked"
+    assert api(controller, "/blocks", "POST", {"ip": h1.ip, "reason": "again"})[1]["status"] == "already_blocked"
+    assert api(controller, f"/blocks/{h1.ip}", "DELETE")[1]["status"] == "unblocked"
     assert reaches_again(h1, h2) and reaches_again(h2, h1, tcp=True)
 
 
 def test_a_ttl_block_lifts_itself(bed_and_controller):
     bed, controller = bed_and_controller
     h1, h2, _ = bed.hosts
-    assert call(controller.url + "/blocks", "POST", {"ip": h2.ip, "reason": "ttl", "ttl": 2})[0] == 200
+    assert api(controller, "/blocks", "POST", {"ip": h2.ip, "reason": "ttl", "ttl": 2})[0] == 200
     assert not reaches(h1, h2)
-    assert reaches_again(h1, h2, within=10) and call(controller.url + "/blocks", "GET")[1]["blocks"] == []
+    assert reaches_again(h1, h2, within=10) and api(controller, "/blocks", "GET")[1]["blocks"] == []
 
 
 def test_a_long_block_has_no_switch_timeout_and_lost_rules_come_back(bed_and_controller):
@@ -98,10 +104,10 @@ def test_a_long_block_has_no_switch_timeout_and_lost_rules_come_back(bed_and_con
     rules the switch lost are put back by the controller's timer."""
     bed, controller = bed_and_controller
     h1, h2, h3 = bed.hosts
-    assert call(controller.url + "/blocks", "POST", {"ip": h2.ip, "reason": "long", "ttl": 200_000})[0] == 200
+    assert api(controller, "/blocks", "POST", {"ip": h2.ip, "reason": "long", "ttl": 200_000})[0] == 200
     drops = [line for line in bed.ofctl("dump-flows", bed.bridge).splitlines() if "priority=60000" in line]
     assert len(drops) == 4 and not any("hard_timeout" in line for line in drops)
-    [block] = call(controller.url + "/blocks", "GET")[1]["blocks"]
+    [block] = api(controller, "/blocks", "GET")[1]["blocks"]
     assert block["enforced"] is True and len(block["switches"]) == 1
     bed.ofctl("del-flows", bed.bridge, "cookie=0xb07def0000000001/-1")  # the switch loses the drop rules
     deadline, restored = time.monotonic() + 10, False
@@ -109,21 +115,31 @@ def test_a_long_block_has_no_switch_timeout_and_lost_rules_come_back(bed_and_con
         time.sleep(0.3)
         restored = bed.ofctl("dump-flows", bed.bridge).count("priority=60000") == 4
     assert restored and not reaches(h1, h2) and reaches(h1, h3)
-    assert call(controller.url + "/blocks", "GET")[1]["blocks"][0]["enforced"] is True
-    assert call(controller.url + f"/blocks/{h2.ip}", "DELETE")[0] == 200 and reaches_again(h1, h2)
+    assert api(controller, "/blocks", "GET")[1]["blocks"][0]["enforced"] is True
+    assert api(controller, f"/blocks/{h2.ip}", "DELETE")[0] == 200 and reaches_again(h1, h2)
 
 
 def test_an_allowlisted_address_is_refused(bed_and_controller):
     bed, controller = bed_and_controller
     h1, _, h3 = bed.hosts
-    code, answer = call(controller.url + "/blocks", "POST", {"ip": h3.ip, "reason": "test"})
+    code, answer = api(controller, "/blocks", "POST", {"ip": h3.ip, "reason": "test"})
     assert code == 403 and "allowlisted" in answer["reason"] and reaches(h1, h3)
+
+
+def test_the_controller_refuses_calls_without_a_token_or_outside_the_gateways_network(bed_and_controller):
+    bed, controller = bed_and_controller
+    h1, h2, _ = bed.hosts
+    assert call(controller.url + "/blocks", "POST", {"ip": h1.ip, "reason": "no token"})[0] == 401
+    assert call(controller.url + "/blocks", "POST", {"ip": h1.ip}, token=controller.token[:-1] + "x")[0] == 401
+    code, answer = api(controller, "/blocks", "POST", {"ip": "10.79.0.5"})
+    assert code == 403 and "outside the networks of gateway gw-test" in answer["reason"]
+    assert reaches(h1, h2) and "401 for POST '/blocks' from 127.0.0.1 port" in controller.log.read_text()
 
 
 def test_blocks_survive_a_controller_restart(bed_and_controller):
     bed, controller = bed_and_controller
     h1, h2, h3 = bed.hosts
-    assert call(controller.url + "/blocks", "POST", {"ip": h1.ip, "reason": "persist"})[0] == 200
+    assert api(controller, "/blocks", "POST", {"ip": h1.ip, "reason": "persist"})[0] == 200
     controller.stop()
     bed.ofctl("del-flows", bed.bridge)  # as if the switch had restarted too: only the store remembers
     controller.start().wait_for_switch()
@@ -131,7 +147,7 @@ def test_blocks_survive_a_controller_restart(bed_and_controller):
     while time.monotonic() < deadline and "60000" not in bed.ofctl("dump-flows", bed.bridge):
         time.sleep(0.2)
     assert not reaches(h1, h2) and reaches(h2, h3)
-    assert call(controller.url + f"/blocks/{h1.ip}", "DELETE")[0] == 200 and reaches_again(h1, h2)
+    assert api(controller, f"/blocks/{h1.ip}", "DELETE")[0] == 200 and reaches_again(h1, h2)
 
 
 def test_the_hook_queues_while_the_controller_is_down_and_delivers_after(bed_and_controller, tmp_path):
@@ -141,7 +157,7 @@ def test_the_hook_queues_while_the_controller_is_down_and_delivers_after(bed_and
     bed, controller = bed_and_controller
     h1, h2, h3 = bed.hosts
     controller.stop()
-    hook = IsolationHook(controller.url, tmp_path / "queue.sqlite", timeout=0.5)
+    hook = IsolationHook(controller.url, tmp_path / "queue.sqlite", timeout=0.5, token_file=controller.token_file)
     hook.emit(HostVerdict(host=h2.ip, action="isolate", time=0.0, flows=20, malicious=19))
     assert hook.pending() == 1
     controller.start().wait_for_switch()
@@ -172,15 +188,15 @@ def test_closed_loop_a_bot_in_a_replayed_capture_is_cut_off(bed_and_controller, 
     (tmp_path / "capture.csv").write_text("\n".join(capture) + "\n")
     assert reaches(h1, h2)
     start = time.monotonic()
+    sink = f"sdn:{controller.url}?queue={tmp_path / 'queue.sqlite'}&token_file={controller.token_file}"
     done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--bundle", str(bundle_dir), "--source",
-                           str(tmp_path / "capture.csv"), "--min-flows", "5", "--host-sink",
-                           f"sdn:{controller.url}?queue={tmp_path / 'queue.sqlite'}"], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+                           str(tmp_path / "capture.csv"), "--min-flows", "5", "--host-sink", sink], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
     seconds = time.monotonic() - start
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(next(l for l in done.stderr.splitlines() if l.startswith("summary: "))[9:])
     print(f"closed loop: {summary['scored']} flows scored, host verdicts {summary['host_verdicts']}, "
           f"{seconds:.2f} s from starting the gateway to its exit with the block confirmed")
-    assert [b["ip"] for b in call(controller.url + "/blocks", "GET")[1]["blocks"]] == [h1.ip]
+    assert [b["ip"] for b in api(controller, "/blocks", "GET")[1]["blocks"]] == [h1.ip]
     assert not reaches(h1, h2) and not reaches(h3, h1) and reaches(h2, h3)
-    assert call(controller.url + f"/blocks/{h1.ip}", "DELETE")[0] == 200 and reaches_again(h1, h2)
+    assert api(controller, f"/blocks/{h1.ip}", "DELETE")[0] == 200 and reaches_again(h1, h2)

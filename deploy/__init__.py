@@ -1,0 +1,1 @@
+"""Deployment on real gateways: PKI, SuperLink/SuperNode commands, a namespace test bed."""

@@ -3,7 +3,7 @@ the gateway before anything is loaded. Standard library and numpy only (the gate
 
 ``manifest.json``::
 
-    {"bundle_schema": 3, "model_version": "...", "created": "...", "source": {...},
+    {"bundle_schema": 3, "model_version": "...", "release": 1764720000000, "created": "...", "source": {...},
      "family": "<model family name>", "family_params": {...}, "gateway_input": "flow_rows",
      "features": {"input_columns": [...], "encoded": [...], "n_features": 196},
      "pipeline": {<flows.pipeline_state.PipelineState as a dict>}, "threshold": 0.5,
@@ -27,6 +27,7 @@ path), at most ``MAX_MODEL_BYTES``, with the sha256 the manifest records (of the
 against the declared features. An xz model file is unpacked with output bounded by its recorded ``tflite_bytes``
 and memory bounded by twice that plus 8 MiB (the exporter's dictionary is at most twice the model), and refused
 unless it unpacks to exactly that size. Every refusal is a :class:`BundleError` naming the file and the reason.
+A signed bundle also holds ``manifest.sig`` (:mod:`gateway.signing`), which the manifest does not list.
 """
 
 from __future__ import annotations
@@ -128,6 +129,11 @@ class Bundle:
     @property
     def model_version(self) -> str:
         return str(self.manifest["model_version"])
+
+    @property
+    def release(self) -> int:
+        """The release number (strictly increasing from one export to the next); 0 for a bundle without one."""
+        return int(self.manifest.get("release", 0))
 
     @property
     def threshold(self) -> float:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 from torch import nn
 
 from gateway.bundle import COMPRESSIONS, MANIFEST, compress_model, write_manifest
+from gateway.manifest import MAX_RELEASE
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ class ExportOptions:
     default_model: str = "int8"
     compression: str = "xz"  # how model files are stored in the bundle: "xz" or "none" (plain .tflite)
     capacities: tuple[int, ...] | None = None  # host-graph bundles: edge (= node) capacities; None: by windowing
+    release: int | None = None  # the manifest's release number; None: milliseconds since the epoch at export time
 
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATIONS:
@@ -65,6 +68,8 @@ class ExportOptions:
             if not self.capacities or any(int(c) < 1 for c in self.capacities):
                 raise ExportError(f"capacities must be positive integers, got {self.capacities}")
             self.capacities = tuple(sorted({int(c) for c in self.capacities}))
+        if self.release is not None and not (isinstance(self.release, int) and 1 <= self.release <= MAX_RELEASE):
+            raise ExportError(f"release must be an integer from 1 to {MAX_RELEASE}, got {self.release!r}")
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -159,12 +164,14 @@ def run_metrics(checkpoint: Path) -> dict:
             for name in ("final", "best") if isinstance(metrics.get(name), dict)}  # fmt: skip
 
 
-def remove_previous_bundle(out_dir: Path) -> None:
-    """Delete the bundle an earlier export wrote into ``out_dir``: its manifest and the files that manifest names
-    (a plain .tflite must not stay beside a new .tflite.xz). Other files in the folder are left alone."""
+def remove_previous_bundle(out_dir: Path) -> int:
+    """Delete the bundle an earlier export wrote into ``out_dir``: its manifest, its signature and the files that
+    manifest names (a plain .tflite must not stay beside a new .tflite.xz). Other files in the folder are left
+    alone. Returns the previous bundle's release number (0 when there was none)."""
     manifest_path = out_dir / MANIFEST
+    (out_dir / "manifest.sig").unlink(missing_ok=True)  # gateway.signing.SIGNATURE: it signed the old manifest
     if not manifest_path.is_file():
-        return
+        return 0
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as err:
@@ -177,6 +184,8 @@ def remove_previous_bundle(out_dir: Path) -> None:
         if name and Path(name).name == name:
             (out_dir / name).unlink(missing_ok=True)
     manifest_path.unlink()
+    previous = manifest.get("release", 0)
+    return previous if isinstance(previous, int) and not isinstance(previous, bool) else 0
 
 
 def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, options: ExportOptions | None = None,
@@ -188,7 +197,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, options: Exp
     model = checkpoint.model()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_previous_bundle(out_dir)
+    previous_release = remove_previous_bundle(out_dir)
     achieved = prune_model(model, options.sparsity)
     graph = None
     if family.gateway_input == "host_graphs":
@@ -201,6 +210,7 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, options: Exp
     run_name = checkpoint.path.parent.name
     manifest = {
         "model_version": f"{run_name}-r{checkpoint.round}-{checkpoint.digest[:8]}",
+        "release": default_release(previous_release) if options.release is None else options.release,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": {"checkpoint": checkpoint.path.name, "run": run_name, "round": checkpoint.round,
                    "checkpoint_sha256": checkpoint.digest},  # fmt: skip
@@ -224,6 +234,12 @@ def export_bundle(checkpoint_path: str | Path, out_dir: str | Path, options: Exp
         if not any(entry["variant"] == options.default_model for entry in models.values()):
             manifest["default_model"] = "fp32"
     return json.loads(write_manifest(out_dir, manifest).read_text(encoding="utf-8"))
+
+
+def default_release(previous: int = 0) -> int:
+    """Milliseconds since the epoch now, and past ``previous`` (the release an export into the same folder had),
+    so that two exports in one millisecond or after a clock step back still increase."""
+    return max(time.time_ns() // 1_000_000, previous + 1)
 
 
 def store_model(out_dir: Path, name: str, content: bytes, compression: str) -> dict:

@@ -20,12 +20,13 @@ import numpy as np
 
 from flows.graphs.hostgraph import HostGraph
 from flows.graphs.settings import GraphSettings
-from gateway.bundle import Bundle
+from gateway.bundle import Bundle, BundleError
 from gateway.graph_engine import GraphModel
 from gateway.graph_hosts import GraphHostPolicy, GraphHostTracker
 from gateway.graph_stream import Flows, Window, WindowCutter, encode_flows, window_graphs
 from gateway.serve import HostSink, ServeReport, record_batches
 from gateway.sources import FlowSource, Record
+from gateway.switch import poll_switch
 
 DEFAULT_LATENESS = 60.0  # seconds a flow may arrive after later ones and still join its training window
 
@@ -51,6 +52,25 @@ class GraphVerdictService:
         self.timing = {"encode": 0.0, "build": 0.0, "interpreter": 0.0, "verdicts": 0.0}
         self.window_seconds: list[float] = []  # per scored graph: build + interpreter + verdicts
         self._accepted = 0
+        self.follower = None  # a gateway.switch.BundleFollower when serving a followed bundle path
+
+    def switch_to(self, bundle: Bundle, model: GraphModel) -> None:
+        """Score the windows that close from now on with ``bundle``'s model. The flows buffered in open windows
+        are encoded again with its pipeline (same input columns and windowing: :mod:`gateway.switch`); a bundle
+        whose pipeline refuses one of them is refused (:class:`BundleError`) and nothing changes."""
+        pending = self.cutter.pending
+        rows = None
+        if pending is not None and len(pending):
+            refused: Counter = Counter()
+            again = encode_flows(pending.records, bundle.pipeline, refused, 0)
+            if len(again) != len(pending) or any(a is not b for a, b in zip(again.records, pending.records)):
+                raise BundleError(f"{bundle.path}: its pipeline refuses {len(pending) - len(again)} of the "
+                                  f"{len(pending)} flows buffered in open windows ({dict(refused)})")  # fmt: skip
+            rows = again.rows
+        self.bundle, self.model = bundle, model
+        self.cutter.n_features = bundle.pipeline.n_outputs
+        if rows is not None:
+            pending.rows = rows
 
     def process(self, records: list[Record]) -> None:
         """Accept a batch of records; score every window it closes."""
@@ -95,6 +115,7 @@ class GraphVerdictService:
             self.report.count_verdict(bool(malicious), record.label)
         self.report.malicious += int(flags.sum())
         self.report.scored += len(records)
+        self.report.versions[version] += len(records)
         self.counts["graphs"] += 1
         for verdict in self.hosts.observe(graph, host_probs, flags, self.model.threshold):
             self.report.deliver(verdict, self.sinks)
@@ -109,6 +130,7 @@ class GraphVerdictService:
         started = time.perf_counter()
         for batch in record_batches(source, batch_size, self.bundle.pipeline, self.report):
             self.site = self.site or site_name(batch[0].layout.source, source.path.name)
+            poll_switch(self)
             self.process(batch)
         self.finish()
         self.report.malformed.update(source.stats.malformed)

@@ -10,7 +10,10 @@ A check is a function ``(value, where)`` that raises :class:`ManifestError` nami
 what was expected; :func:`kind`, :func:`list_of`, :func:`object_of` and :func:`record` build them. What each bundle
 schema requires: 1 (the first exporter): model entries with file, variant and batch_size (bytes optional), plain
 .tflite files; 2: entries also record compression, bytes and tflite_bytes; 3: also family, family_params and
-gateway_input at the top. Fields a schema does not require are still checked where present.
+gateway_input at the top. Fields a schema does not require are still checked where present. ``release`` (an
+integer >= 1, strictly increasing from one export to the next; :mod:`gateway.install` refuses downgrades by it)
+is optional in every schema: older bundles have none and count as release 0 (a signed bundle needs one,
+:func:`gateway.signing.sign_bundle`). Optional, so that gateways of schema 3 read bundles that carry it.
 
 A ``host_graphs`` bundle (schema 3) also has a ``graph`` object (the run's windowing ``settings``, the network
 ``variant``, the ``node_features`` and model ``inputs`` in order) and every model entry records its
@@ -33,6 +36,7 @@ COMPRESSIONS = ("xz", "none")
 VARIANTS = ("fp32", "int8")
 MAX_MODEL_BYTES = 256 << 20  # largest model file, stored or unpacked (exported ones are well under 1 MiB)
 MAX_MANIFEST_BYTES = 16 << 20  # largest manifest.json read at all (an exported one is under 100 KiB)
+MAX_RELEASE = (1 << 63) - 1  # release numbers: milliseconds since the epoch by default, or a run's own numbering
 
 Check = Callable[[object, str], None]
 
@@ -170,6 +174,8 @@ TOP = {
     "default_model": STRING,
     "batch_sizes": list_of(POSITIVE_INT, "a non-empty list of positive integers", non_empty=True),
     "family": kind(lambda v: isinstance(v, str) and v != "", "a model family name"), "family_params": OBJECT,
+    "release": kind(lambda v: is_int(v) and 1 <= v <= MAX_RELEASE,
+                    f"a release number (an integer from 1 to {MAX_RELEASE})"),
 }  # fmt: skip
 FILES = object_of(kind(lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v) is not None,
                        "a sha256 (64 lowercase hex digits)"),

@@ -9,6 +9,7 @@ more.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from gateway.encode import check_columns, encode_batch
 from gateway.engine import VerdictModel
 from gateway.hosts import HostPolicy, HostTracker, HostVerdict
 from gateway.sources import FlowSource, Record
+from gateway.switch import BundleFollower, open_bundle, poll_switch
 
 
 class HostSink(Protocol):
@@ -87,6 +89,8 @@ class ServeReport:
     isolated: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    versions: Counter = field(default_factory=Counter)  # flow verdicts per model version
+    switches: list[dict] = field(default_factory=list)  # live switches to a newly installed bundle
 
     def labelled(self) -> dict | None:
         """Per-flow precision and recall against the source's labels (None when no scored flow had one)."""
@@ -105,7 +109,7 @@ class ServeReport:
                 "malformed": dict(self.malformed), "host_verdicts": dict(self.host_verdicts),
                 "labelled": self.labelled(), "unlabelled": self.unlabelled,
                 "hosts": {"isolated": self.isolated, "released": self.released},
-                "seconds": round(self.seconds, 3),
+                "seconds": round(self.seconds, 3), "model_versions": dict(self.versions), "switches": self.switches,
                 "flows_per_second": round(self.scored / self.seconds, 1) if self.seconds else None}  # fmt: skip
 
     def deliver(self, verdict: HostVerdict, sinks: Sequence[HostSink]) -> None:
@@ -133,6 +137,11 @@ class VerdictService:
         self.bundle, self.model, self.out, self.sinks = bundle, model, out, list(sinks)
         self.hosts = HostTracker(policy)
         self.report = ServeReport()
+        self.follower = None  # a gateway.switch.BundleFollower when serving a followed bundle path
+
+    def switch_to(self, bundle: Bundle, model: VerdictModel) -> None:
+        """Score the next batch with ``bundle``'s model (the host windows carry on)."""
+        self.bundle, self.model = bundle, model
 
     def process(self, records: list[Record]) -> None:
         encoded = encode_batch(records, self.bundle.pipeline, self.report.malformed)
@@ -158,10 +167,12 @@ class VerdictService:
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()
         self.report.scored += len(kept)
+        self.report.versions[version] += len(kept)
 
     def run(self, source: FlowSource, batch_size: int) -> ServeReport:
         started = time.perf_counter()
         for batch in record_batches(source, batch_size, self.bundle.pipeline, self.report):
+            poll_switch(self)
             self.process(batch)
         self.report.malformed.update(source.stats.malformed)
         self.report.seconds = time.perf_counter() - started
@@ -206,35 +217,51 @@ def make_sinks(specs: str | Sequence[str] | None) -> list[HostSink]:
 def serve(bundle_dir: str | Path, source_path: str | Path, *, fmt: str = "auto", follow: bool = False,
           idle_exit: float = 0.0, batch_size: int = 256, variant: str | None = None, out: IO[str] | None = None,
           host_sink: str | Sequence[str] | None = "stdout", policy: HostPolicy | None = None,
-          num_threads: int = 1, graph_policy=None, graph_lateness: float | None = None) -> dict:  # fmt: skip
+          num_threads: int = 1, graph_policy=None, graph_lateness: float | None = None,
+          public_key: str | Path | None = None, watch: bool | None = None,
+          switch_interval: float = 1.0) -> dict:  # fmt: skip
     """Run the service to the end of the source (or, following, until idle for ``idle_exit`` s); returns the
     report as a dict. ``host_sink``: one sink spec or several (each host verdict goes to all, in order).
 
     A bundle whose gateway input is ``host_graphs`` is served by :class:`gateway.graph_serve.GraphVerdictService`
     (``graph_policy``: its :class:`gateway.graph_hosts.GraphHostPolicy`, ``graph_lateness``: seconds a window
-    stays open for late flows); flow-row bundles by :class:`VerdictService` with ``policy``."""
-    from gateway.bundle import load_bundle
+    stays open for late flows); flow-row bundles by :class:`VerdictService` with ``policy``.
 
-    bundle = load_bundle(bundle_dir)
+    ``public_key``: the pinned key; the bundle's signature must verify with it (:mod:`gateway.signing`).
+    ``watch`` (default: ``follow``): look at most every ``switch_interval`` s, between batches, whether
+    ``bundle_dir`` (a link such as ``ROOT/current`` of :mod:`gateway.install`) points at a new bundle, and switch
+    to it once verified (:mod:`gateway.switch`)."""
+    watch = follow if watch is None else watch
+    bundle = open_bundle(os.path.realpath(bundle_dir) if watch else bundle_dir, public_key)
     source = FlowSource(source_path, fmt, follow=follow, idle_exit=idle_exit)
     if bundle.gateway_input == "host_graphs":
         from gateway.graph_engine import GraphModel
         from gateway.graph_serve import DEFAULT_LATENESS, GraphVerdictService
 
-        model = GraphModel(bundle, variant, num_threads=num_threads)
+        def make_model(bundle: Bundle):
+            return GraphModel(bundle, variant, num_threads=num_threads)
+
+        model = make_model(bundle)
         sinks = make_sinks(host_sink)
         lateness = DEFAULT_LATENESS if graph_lateness is None else graph_lateness
         service = GraphVerdictService(bundle, model, out or sys.stdout, sinks, graph_policy, lateness)
     else:
-        model = VerdictModel(bundle, variant, num_threads=num_threads)
+        def make_model(bundle: Bundle):
+            return VerdictModel(bundle, variant, num_threads=num_threads)
+
+        model = make_model(bundle)
         sinks = make_sinks(host_sink)
         service = VerdictService(bundle, model, out or sys.stdout, sinks, policy)
+    if watch:
+        service.follower = BundleFollower(bundle_dir, bundle, make_model, public_key, switch_interval)
     try:
         report = service.run(source, batch_size)
     finally:
         for sink in sinks:
             sink.close()
     result = report.as_dict(source.stats.lines)
+    if service.follower is not None:
+        result["refused_switches"] = service.follower.refusals
     result["host_time"] = service.hosts.counts()  # records set aside by the stream's watermark, late ones
     if hasattr(service, "graph_summary"):  # windows, split windows, flows without a verdict, where time went
         result["graph"] = service.graph_summary()

@@ -121,11 +121,19 @@ def run_command(app: Path, run_config: dict, connection: str = CONNECTION, strea
 
 
 def write_connection(flwr_home: Path, address: str, root_certificates: Path, name: str = CONNECTION) -> Path:
-    """``$FLWR_HOME/config.toml`` with one TLS connection ``[superlink.NAME]`` (the default one)."""
+    """Add (or replace) the TLS connection ``[superlink.NAME]`` in ``$FLWR_HOME/config.toml``, keeping the file's
+    other connections; NAME becomes the default only when the file names none."""
+    import tomllib
+
+    import tomli_w  # a dependency of flwr
+
     flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
-    path.write_text(f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n'
-                    f'root-certificates = "{Path(root_certificates).resolve()}"\n', encoding="utf-8")  # fmt: skip
+    config = tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    links = config.setdefault("superlink", {})
+    links.setdefault("default", name)
+    links[name] = {"address": address, "root-certificates": str(Path(root_certificates).resolve())}
+    path.write_text(tomli_w.dumps(config), encoding="utf-8")
     return path
 
 

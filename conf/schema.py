@@ -133,6 +133,35 @@ class AttackSpec:
             not self.end_round or server_round <= self.end_round)  # fmt: skip
 
 
+CENTRAL_EVALUATIONS = ("split", "file", "none")
+
+
+@dataclass
+class DeploySpec:
+    """A federation of real gateways: what the server evaluates on, and the signed bundle it rolls out."""
+
+    central_eval: str = "split"  # split: the held-out split of dataset.* | file: central_file | none: federated
+    #                              evaluation only (a server that holds no data)
+    central_file: str = ""  # a labelled capture on the server, read with dataset.name's reader (central_eval=file)
+    rollout: bool = False  # export, sign and send the global model to the gateways at the end of the run
+    rollout_every: int = 0  # also after every k rounds (0: at the end only)
+    signing_key: str = ""  # the operator's Ed25519 private key (PEM) on the server machine; required by rollout
+    rollout_timeout: float = 600.0  # seconds the server waits for the gateways' install replies
+
+    def __post_init__(self) -> None:
+        if self.central_eval not in CENTRAL_EVALUATIONS:
+            raise RunSpecError(f"deploy.central_eval must be one of {', '.join(CENTRAL_EVALUATIONS)}, got "
+                               f"{self.central_eval!r}")  # fmt: skip
+        if self.central_eval == "file" and not self.central_file:
+            raise RunSpecError("deploy.central_eval=file needs deploy.central_file (a labelled capture on the server)")
+        if self.rollout and not self.signing_key:
+            raise RunSpecError("deploy.rollout needs deploy.signing_key (the operator's Ed25519 private key; make "
+                               "one with python -m gateway keygen)")  # fmt: skip
+        if self.rollout_every < 0 or self.rollout_timeout <= 0:
+            raise RunSpecError(f"deploy.rollout_every must be >= 0 and deploy.rollout_timeout > 0, got "
+                               f"{self.rollout_every} and {self.rollout_timeout}")  # fmt: skip
+
+
 @dataclass
 class RunSpec:
     """Everything that decides a federated run (and reaches the Flower run config)."""
@@ -147,6 +176,7 @@ class RunSpec:
     strategy: StrategySpec = field(default_factory=StrategySpec)
     attack: AttackSpec = field(default_factory=AttackSpec)
     simulation: SimulationSpec = field(default_factory=SimulationSpec)
+    deploy: DeploySpec = field(default_factory=DeploySpec)  # real gateways: server-side evaluation, rollout
 
     def round_lr(self, server_round: int) -> float:
         """The clients' learning rate in ``server_round``: ``lr * lr_decay ** (round - 1)``."""

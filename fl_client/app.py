@@ -10,8 +10,14 @@ Nothing but statistics and model weights leaves the client.
   "proximal-mu": float (FedProx only)}}`` -> ``{"arrays": ArrayRecord, "metrics": {"num-examples", "train_loss",
   "smote-rows", "partition-id"}}``; with the run-config flag ``smote`` the client oversamples its own encoded
   fit rows with SMOTE before training (``num-examples`` counts real records only);
-* evaluate: same request -> ``{"metrics": {"num-examples", "eval_loss", "eval_accuracy", "partition-id"}}`` on
-  the client's local validation rows (``val-fraction`` of its partition, never trained on).
+* evaluate: same request -> ``{"metrics": {"num-examples", "eval_loss", "eval_accuracy", "eval_tp", "eval_fp",
+  "eval_fn", "eval_tn", "partition-id"}}`` on the client's local validation rows (``val-fraction`` of its
+  partition, never trained on; by time for host-graph families); the counts at the pipeline's threshold, so that
+  the server sums them into precision, recall and F1 (:mod:`fl_server.federated_eval`).
+
+A gateway (no ``partition-id``) reports where its training labels came from in its query reply
+(``node["labels-*"]``, see :class:`flows.labels.LabelCounts`) and refuses, in every handler, a run config that
+asks for a simulated attack: attacks are for simulation only.
 """
 
 from __future__ import annotations
@@ -28,19 +34,30 @@ from conf.schema import RunSpec, from_run_config
 from fl_client.attacks.client import changes_update, malicious_update
 from fl_client.attacks.config import DATA_ATTACKS, AttackConfig, malicious_partitions
 from fl_client.data import local_table
+from fl_client.gateway_data import gateway_data
 from fl_client.matrices import client_matrices
+from fl_client.rollout import install_rollout
 from fl_client.statistics import statistics_records
+from flows.errors import ConfigError
+from flows.pipeline_state import PipelineState
 from models.checkpoint import ModelSpec
+from models.evaluation import bce_with_logits
 from models.family import ModelFamily
 from models.weights import state_vector, vector_state
 
 log = logging.getLogger("flwr.botdefender.client")
 
 app = ClientApp()
+app.query("rollout")(install_rollout)  # a gateway installs the signed bundle the server rolls out
 
 
 def _spec(context: Context) -> RunSpec:
-    return from_run_config(context.run_config)
+    """The run spec; a gateway refuses one that asks it to attack (Flower sends the error back as the reply)."""
+    spec = from_run_config(context.run_config)
+    if "partition-id" not in context.node_config and spec.attack.name != "none":
+        raise ConfigError(f"this gateway refuses the run: attack.name={spec.attack.name!r} asks for a simulated "
+                          "attack, which runs in simulation only (nodes with a partition-id); set attack.name=none")
+    return spec
 
 
 def _malicious_attack(spec: RunSpec, context: Context, server_round: int) -> AttackConfig | None:
@@ -107,6 +124,8 @@ def query(msg: Message, context: Context) -> Message:
     log_transform = bool(msg.content["config"]["log-transform"])
     content = statistics_records(table, log_transform, partition_id)
     content["node"]["model"] = spec.model.family_of(context.node_config)  # the server groups nodes by family
+    if partition_id < 0:  # a gateway: where its training labels came from
+        content["node"].update(gateway_data(context.node_config, spec.dataset.name).counts.metrics())
     if table.skipped:
         log.warning("client %d: %s bad records skipped", partition_id, table.skipped)
     log.info("client %d: statistics of %d rows", partition_id, len(table))
@@ -166,7 +185,21 @@ def evaluate(msg: Message, context: Context) -> Message:
                         family_name=family_name)  # fmt: skip
     X_val, y_val = (m.X_val, m.y_val) if len(m.y_val) else (m.X_fit, m.y_fit)
     family, model = _model(msg)
-    loss, accuracy = family.evaluate_local(model, X_val, y_val)
-    metrics = MetricRecord({"num-examples": int(len(y_val)), "eval_loss": loss, "eval_accuracy": accuracy,
+    threshold = PipelineState.from_json(str(msg.content["config"]["pipeline-state"])).threshold
+    metrics = MetricRecord({"num-examples": int(len(y_val)), **evaluation_metrics(family, model, X_val, y_val,
+                                                                                  threshold),
                             "partition-id": partition_id})  # fmt: skip
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def evaluation_metrics(family: ModelFamily, model: torch.nn.Module, X, y: np.ndarray, threshold: float) -> dict:
+    """``eval_loss`` and ``eval_accuracy`` (as :meth:`ModelFamily.evaluate_local`: mean BCE, accuracy at logit 0)
+    and the confusion counts ``eval_tp``/``eval_fp``/``eval_fn``/``eval_tn`` at ``threshold``, from one pass."""
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    if len(y) == 0:
+        raise ValueError("no evaluation rows")
+    logits = family.predict_logits(model, X).astype(np.float64).reshape(-1)
+    predicted = (1.0 / (1.0 + np.exp(-logits)) >= threshold).astype(np.int64)
+    return {"eval_loss": bce_with_logits(logits, y), "eval_accuracy": float(np.mean((logits >= 0) == (y == 1))),
+            "eval_tp": int(((predicted == 1) & (y == 1)).sum()), "eval_fp": int(((predicted == 1) & (y == 0)).sum()),
+            "eval_fn": int(((predicted == 0) & (y == 1)).sum()), "eval_tn": int(((predicted == 0) & (y == 0)).sum())}

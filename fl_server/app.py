@@ -8,7 +8,14 @@ The run's settings are the run spec (:mod:`conf.schema`) read back from the Flow
 3. broadcast the pipeline state and the model spec (JSON in the train/evaluate ConfigRecord) and run the
    configured Flower strategy (:mod:`strategies.registry`) for ``simulation.num_rounds``, evaluating the global
    model on the held-out split after every round (and before the first);
-4. write ``final.pt``/``best.pt``, ``pipeline.json``, ``metrics.json`` and ``progress.jsonl`` into the out dir.
+4. write ``final.pt``/``best.pt``, ``pipeline.json``, ``metrics.json`` and ``progress.jsonl`` into the out dir;
+5. with ``deploy.rollout``: export, sign and send the final model (and every ``deploy.rollout_every`` rounds'
+   model) to the gateways as a bundle (:mod:`fl_server.rollout`).
+
+Evaluation: every round the clients evaluate the global model on their own validation rows (federated evaluation,
+``fed_*`` metrics, :mod:`fl_server.federated_eval`); the server also scores it on the held-out split of the run's
+data (``deploy.central_eval=split``, simulation), on a file of its own (``file``) or not at all (``none``: a
+deployment whose server holds no data).
 
 A mixed federation (``model.families``, or gateways whose node configs name different families): every node says
 its family in the statistics reply; the server keeps one global model per family and runs steps 2-3 for each
@@ -32,7 +39,10 @@ from conf.schema import RunSpec, data_settings, from_run_config
 from fl_server.evaluation import CentralEvaluation
 from fl_server.nodes import NodeSubsetGrid, group_by_family, query_nodes, wait_for_nodes
 from fl_server.outputs import metrics_summary, out_dir_of, write_checkpoints, write_metrics
+from fl_server.rollout import periodic_rollout, rollout_checkpoint
 from fl_server.root_update import root_update_fn
+from fl_server.federated_eval import federated_metrics
+from flows.loader import load_file
 from flows.pipeline_state import PipelineState
 from flows.run_split import holdout_site_table, load_split
 from models.checkpoint import ModelSpec
@@ -58,11 +68,22 @@ def global_model(spec: RunSpec, state: PipelineState) -> tuple[ModelSpec, torch.
 
 def central_evaluation(spec: RunSpec, state: PipelineState, model_spec: ModelSpec, model: torch.nn.Module,
                        out_dir, label: str = "", fresh: bool = True) -> tuple[CentralEvaluation, dict]:  # fmt: skip
-    """The evaluation on the held-out split and the held-out site if any (never sent to clients) and what the
-    run's data was."""
+    """The evaluation on the held-out split and the held-out site if any (never sent to clients), on the server's
+    own file (``deploy.central_eval=file``) or none (``none``: federated evaluation only), and what the run's data
+    was."""
+    family = model_spec.model_family
+    mode = spec.deploy.central_eval
+    if mode != "split":
+        X_test, y_test, data = None, np.zeros(0, np.int64), {"central_eval": mode}
+        if mode == "file":
+            test = load_file(spec.dataset.name, spec.deploy.central_file, spec.dataset.bad_records)  # type: ignore[arg-type]
+            X_test, y_test = family.batches(test, state, spec.graph)
+            data.update(central_file=spec.deploy.central_file, test_records=len(test), skipped=dict(test.skipped),
+                        notes=list(test.notes))  # fmt: skip
+        return CentralEvaluation(family, model, X_test, np.asarray(y_test), state.threshold,
+                                 spec.simulation.num_rounds, out_dir, None, label, fresh), data  # fmt: skip
     settings = data_settings(spec)
     train, test = load_split(settings)
-    family = model_spec.model_family
     X_test, y_test = family.batches(test, state, spec.graph)
     data = {"train_records": len(train), "test_records": len(test), "skipped": dict(test.skipped),
             "notes": list(test.notes), "split": settings.split}  # fmt: skip
@@ -134,6 +155,11 @@ def train_family(grid: Grid, spec: RunSpec, nodes: list[int], ranks: dict[int, i
     evaluation, data = central_evaluation(spec, state, model_spec, model, out_dir, label, fresh=first)
     strategy = configured_strategy(spec, nodes, ranks, state, model_spec, out_dir,
                                    f"updates_{label}" if mixed else "updates")  # fmt: skip
+    evaluation.federated = lambda r: federated_metrics(strategy.client_evaluate.get(r, []))
+    rollouts: list[dict] = []
+    if spec.deploy.rollout and spec.deploy.rollout_every:
+        evaluation.round_hooks.append(periodic_rollout(grid, nodes, spec, model_spec, state, out_dir, label,
+                                                       rollouts))  # fmt: skip
     broadcast = ConfigRecord({"pipeline-state": state.to_json(), "model-spec": model_spec.to_json()})
     result = strategy.start(grid=NodeSubsetGrid(grid, nodes) if mixed else grid,
                             initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds,
@@ -141,6 +167,10 @@ def train_family(grid: Grid, spec: RunSpec, nodes: list[int], ranks: dict[int, i
                             evaluate_fn=evaluation, timeout=spec.simulation.round_timeout)  # fmt: skip
     write_checkpoints(out_dir, model_spec, result.arrays.to_torch_state_dict(), evaluation, state, rounds,
                       dataclasses.asdict(spec.graph), f"_{label}" if mixed else "")  # fmt: skip
+    if spec.deploy.rollout:
+        suffix = f"_{label}" if mixed else ""
+        rollouts.append(rollout_checkpoint(grid, nodes, spec, out_dir / f"final{suffix}.pt", out_dir, f"final{suffix}"))
+        data["rollout"] = rollouts
     summary = metrics_summary(spec, strategy, evaluation, nodes=len(nodes), state=state, model_spec=model_spec,
                               seconds=0.0, data=data)  # fmt: skip
     return {"spec": spec, "strategy": strategy, "evaluation": evaluation, "model_spec": model_spec, "data": data,

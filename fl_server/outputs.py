@@ -1,5 +1,6 @@
 """Where a run's outputs go and what they are: ``final.pt``/``best.pt`` checkpoints, ``pipeline.json`` and
-``metrics.json`` (the run spec as run, every round's global metrics, client metrics, sampling and screening)."""
+``metrics.json`` (the run spec as run, every round's global metrics, client metrics, sampling and screening, the
+clients that did not answer, the federated evaluation)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from conf.schema import RunSpec, to_run_config
 from fl_server.evaluation import CentralEvaluation, finite_or_none
+from fl_server.federated_eval import federated_metrics
 from flows.pipeline_state import PipelineState
 from models.checkpoint import ModelSpec, save_checkpoint
 
@@ -46,6 +48,12 @@ def write_checkpoints(out_dir: Path, model_spec: ModelSpec, final_state: dict, e
     state.save(out_dir / "pipeline.json")
 
 
+def missing(sampled: list[int], replies: list[dict]) -> list[int]:
+    """The sampled clients (rank, or node id) with no reply row."""
+    answered = {row["rank"] if row.get("rank") is not None else row.get("node-id") for row in replies}
+    return [client for client in sampled if client not in answered]
+
+
 FAMILY_KEYS = ("nodes", "strategy", "model_spec", "test_records", "rounds", "final", "best_round")
 
 
@@ -77,6 +85,9 @@ def metrics_summary(spec: RunSpec, strategy, evaluation: CentralEvaluation, *, n
             entry["clients_evaluate"] = strategy.client_evaluate.get(r, [])
             entry["sampled_train"] = strategy.sampled["train"].get(r, [])
             entry["sampled_evaluate"] = strategy.sampled["evaluate"].get(r, [])
+            for phase in ("train", "evaluate"):  # asked, but no reply within the round's timeout
+                entry[f"missing_{phase}"] = missing(entry[f"sampled_{phase}"], entry[f"clients_{phase}"])
+            entry["federated"] = federated_metrics(entry["clients_evaluate"])
             if hasattr(strategy, "decisions"):  # the screening wrapper: every verdict with scores and reasons
                 entry["screening"] = strategy.decisions.get(r, [])
         rounds.append(entry)
@@ -86,7 +97,7 @@ def metrics_summary(spec: RunSpec, strategy, evaluation: CentralEvaluation, *, n
         "strategy": type(strategy).__name__,
         "data": data,
         "pipeline": {"fitted_on_records": state.info["fitted_on_records"], "model_inputs": state.n_outputs},
-        "test_records": int(len(evaluation.y_test)),
+        "test_records": int(len(evaluation.y_test)) if evaluation.X_test is not None else 0,
         "model_spec": model_spec.to_dict(),
         "rounds": rounds,
         "final": clean(evaluation.rounds.get(spec.simulation.num_rounds, {})),

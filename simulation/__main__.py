@@ -72,8 +72,9 @@ def hydra_main(cfg: DictConfig) -> None:
         raise SystemExit(1 if isinstance(err, RuntimeError) else 2) from None
     (out_dir / "error.txt").unlink(missing_ok=True)
     final = metrics["final"]
-    print(f"final: accuracy {final['accuracy']:.4f} f1 {final['f1']:.4f} ({metrics['wall_seconds']} s); "
-          f"outputs: {out_dir}")  # fmt: skip
+    shown = [f"{key} {final[key]:.4f}" for key in ("accuracy", "f1", "fed_accuracy", "fed_f1")
+             if final.get(key) is not None]  # fmt: skip
+    print(f"final: {' '.join(shown)} ({metrics['wall_seconds']} s); outputs: {out_dir}")
 
 
 def main() -> None:

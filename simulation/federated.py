@@ -125,10 +125,13 @@ def write_round_plots(metrics: dict, out_dir: Path) -> None:
 
     rounds = [r["round"] for r in metrics["rounds"]]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("accuracy", "precision", "recall", "f1", "roc_auc"):
-        ax.plot(rounds, [r["global"].get(key, float("nan")) for r in metrics["rounds"]], marker="o", label=key)
+    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "fed_accuracy", "fed_f1"):
+        values = [r["global"].get(key) for r in metrics["rounds"]]
+        if any(v is not None for v in values):
+            ax.plot(rounds, [float("nan") if v is None else v for v in values], marker="o", label=key,
+                    linestyle="--" if key.startswith("fed_") else "-")  # fmt: skip
     ax.set_xlabel("round")
-    ax.set_ylabel("global model on the held-out split")
+    ax.set_ylabel("global model: held-out split, fed_*: clients' validation rows")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "metrics_per_round.png", dpi=110)
@@ -136,6 +139,11 @@ def write_round_plots(metrics: dict, out_dir: Path) -> None:
     matrix = metrics.get("final", {}).get("confusion_matrix")
     if matrix:
         plot_confusion_matrices({"global model": matrix}, out_dir / "confusion_matrix.png", "final round")
+
+
+PROGRESS_SHOWN = (("loss", "global loss"), ("accuracy", "acc"), ("f1", "f1"), ("roc_auc", "auc"),
+                  ("host_f1", "host f1"), ("site_f1", "| held-out site f1"), ("site_host_f1", "host f1"),
+                  ("fed_loss", "| federated loss"), ("fed_accuracy", "acc"), ("fed_f1", "f1"))  # fmt: skip
 
 
 class ProgressFollower(threading.Thread):
@@ -164,12 +172,9 @@ class ProgressFollower(threading.Thread):
                 break  # a line still being written
             self.seen += 1
             seconds = f" ({r['round_seconds']:.1f} s)" if r.get("round_seconds") else ""
-            hosts = "".join(f" {label} {r[key]:.4f}" for key, label in (
-                ("host_f1", "host f1"), ("site_f1", "| held-out site f1"), ("site_host_f1", "host f1"))
-                if r.get(key) is not None)  # fmt: skip
+            shown = " ".join(f"{label} {r[key]:.4f}" for key, label in PROGRESS_SHOWN if r.get(key) is not None)
             family = f"{r['family']}: " if r.get("family") else ""
-            print(f"{family}round {r['round']}/{r['rounds']}: global loss {r['loss']:.4f} acc {r['accuracy']:.4f} "
-                  f"f1 {r['f1']:.4f} auc {r['roc_auc']:.4f}{hosts}{seconds}", flush=True)  # fmt: skip
+            print(f"{family}round {r['round']}/{r['rounds']}: {shown or 'no central test set'}{seconds}", flush=True)
 
     def stop(self) -> None:
         self.done.set()

@@ -53,7 +53,9 @@ class DeterministicMixin:
     """Put before a Flower strategy class: ``class S(DeterministicMixin, FedAvg)``.
 
     ``node_ranks`` maps node id -> rank (partition id in simulation); set it before ``start``.
-    ``client_train[round]`` / ``client_evaluate[round]`` keep each reply's metrics (or its error), in rank order.
+    ``client_train[round]`` / ``client_evaluate[round]`` keep each reply's metrics (or its error), in rank order;
+    ``sampled[phase][round]`` the clients asked (rank, or node id where no rank is known): a sampled client
+    without a row did not answer within the round's timeout.
     """
 
     def __init__(self, *args: Any, seed: int = 0, node_ranks: Mapping[int, int] | None = None, **kwargs: Any):
@@ -70,8 +72,12 @@ class DeterministicMixin:
 
     def client_id(self, reply: Message) -> int:
         """The id reports use for a reply's client: its rank (partition id) if known, else its node id."""
-        rank = self.rank_of_node(reply.metadata.src_node_id)
-        return rank if rank != UNRANKED else int(reply.metadata.src_node_id)
+        return self.node_label(reply.metadata.src_node_id)
+
+    def node_label(self, node_id: int) -> int:
+        """A node's rank (partition id) if known, else its node id (a real gateway)."""
+        rank = self.rank_of_node(node_id)
+        return rank if rank != UNRANKED else int(node_id)
 
     def reply_key(self, reply: Message) -> tuple[int, int]:
         node = int(reply.metadata.src_node_id)
@@ -82,7 +88,7 @@ class DeterministicMixin:
                    config: ConfigRecord, grid: Grid) -> Iterable[Message]:  # fmt: skip
         with seeded_global_random(round_seed(self.seed, server_round, phase)):
             messages = list(parent(server_round, arrays, config, RankedGrid(grid, self.rank_of_node)))
-        self.sampled[phase][server_round] = sorted(self.rank_of_node(m.metadata.dst_node_id) for m in messages)
+        self.sampled[phase][server_round] = sorted(self.node_label(m.metadata.dst_node_id) for m in messages)
         return messages
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):

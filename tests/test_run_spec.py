@@ -92,6 +92,8 @@ def test_every_setting_survives_the_run_config_with_a_non_default_value():
                 changes.update(fraction=0.3, start_round=2, end_round=5)
             if section.name == "graph":
                 changes["window"] = "seconds"
+            if section.name == "deploy":
+                changes["central_eval"] = "file"
             setattr(spec, section.name, dataclasses.replace(value, **changes))
         else:
             setattr(spec, section.name, non_default(value))

@@ -2,19 +2,20 @@
 
 * simulation: ``node_config = {"partition-id", "num-partitions"}``; the run's split comes from
   :mod:`flows.run_split` (the same in every process) and partitions are cached per process;
-* real gateway (a Flower SuperNode): ``node_config = {"data-path": FILE}`` and optionally ``"dataset"`` (the
-  reader to use; default: the run's ``dataset``). Every record of the file is a local training record.
+* real gateway (a Flower SuperNode): ``node_config = {"data-path": FILE[,FILE] or FOLDER}`` with optionally
+  ``"dataset"`` (the reader; default: the run's ``dataset``), ``"labels"`` (evidence files) and ``"unlabelled"``
+  (see :mod:`fl_client.gateway_data`). Every labelled flow of its captures is a local training record; flows
+  that neither the capture nor evidence labels are dropped unless the node config says ``unlabelled=benign``.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Mapping
 
 import numpy as np
 
 from flows.errors import ConfigError
-from flows.loader import load_file
+from fl_client.gateway_data import DATA_PATH, gateway_data
 from conf.schema import RunSpec, data_settings, partition_for
 from flows.partitioning import PartitionConfig, partition_from_config
 from flows.graphs.settings import GraphSettings
@@ -59,20 +60,13 @@ def local_validation_windows(table: FlowTable, fraction: float,
     return chronological_rows(table, fraction, graph)
 
 
-@lru_cache(maxsize=1)
-def _gateway_table(dataset: str, path: str, bad_records: str) -> FlowTable:
-    return load_file(dataset, path, bad_records)  # type: ignore[arg-type]
-
-
 def local_table(spec: RunSpec, node_config: Mapping) -> tuple[int, FlowTable]:
     """(partition id, or -1 on a gateway; this node's training records) from the node config."""
     if "partition-id" in node_config:
         partition_id = int(node_config["partition-id"])
         config = partition_for(spec, int(node_config["num-partitions"]))
         return partition_id, client_partition(data_settings(spec), config, partition_id)
-    if "data-path" in node_config:
-        dataset = str(node_config.get("dataset", spec.dataset.name))
-        bad_records = str(node_config.get("bad-records", "skip"))
-        return -1, _gateway_table(dataset, str(node_config["data-path"]), bad_records)
+    if DATA_PATH in node_config:
+        return -1, gateway_data(node_config, spec.dataset.name).table
     raise ConfigError("node config has neither partition-id (simulation) nor data-path (gateway); start the "
                       "SuperNode with --node-config \"data-path='FILE'\"")  # fmt: skip

@@ -21,6 +21,7 @@ from fl_client.attacks.config import AttackConfig
 from fl_client.attacks.data_attacks import DEFAULT_TRIGGER, backdoor, flip_labels
 from conf.schema import RunSpec, data_settings, reads_host_graphs
 from fl_client.data import local_table, local_validation_split, local_validation_windows
+from fl_client.gateway_data import DATA_PATH, gateway_key
 from flows.oversampling import smote
 from flows.pipeline_state import PipelineState
 from models.registry import get_family
@@ -60,7 +61,8 @@ def client_matrices(spec: RunSpec, node_config: Mapping, state_json: str, data_a
     family_name = family_name or spec.model.family_of(node_config)
     key = (tuple(sorted(node_config.items())), data_settings(spec), repr(spec.partition), spec.graph, family_name,
            state_json, use_smote, None if data_attack is None else (data_attack.name, repr(dict(data_attack.params))),
-           spec.simulation.val_fraction)  # fmt: skip
+           spec.simulation.val_fraction,
+           gateway_key(node_config, spec.dataset.name) if DATA_PATH in node_config else None)  # fmt: skip
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]

@@ -153,14 +153,20 @@ def load_captures(data_dir: str | Path | None = None, files: str | None = None,
                      path="", skipped=skipped, notes=notes)  # fmt: skip
 
 
-def load_file(name: str, path: str | Path, bad_records: BadRecordPolicy = "error") -> FlowTable:
+FILE_READERS = ("unsw-nb15", "unsw-nb15-raw", *CAPTURE_SOURCES)  # the data sets one file can be read as
+KEEPS_UNLABELLED = CAPTURE_SOURCES  # readers that can keep records without a verdict (live Zeek logs)
+
+
+def load_file(name: str, path: str | Path, bad_records: BadRecordPolicy = "error",
+              keep_unlabelled: bool = False) -> FlowTable:  # fmt: skip
     """Read one file of data set ``name`` (a gateway's own capture, say) with that data set's reader; Zeek logs
-    (iot-23, stratosphere) in either shape, recognised by content."""
+    (iot-23, stratosphere) in either shape, recognised by content. ``keep_unlabelled``: Zeek logs without labels
+    are read too, unlabelled records kept with label -1 (see :func:`flows.readers.read_zeek_conn_log`)."""
     readers = {
         "unsw-nb15": read_unsw_partitioned,
         "unsw-nb15-raw": read_unsw_raw,
-        "iot-23": partial(read_zeek_conn_log, source="iot-23"),
-        "stratosphere": partial(read_zeek_conn_log, source="stratosphere"),
+        "iot-23": partial(read_zeek_conn_log, source="iot-23", keep_unlabelled=keep_unlabelled),
+        "stratosphere": partial(read_zeek_conn_log, source="stratosphere", keep_unlabelled=keep_unlabelled),
     }
     if name not in readers:
         raise FlowDataError(None, f"unknown dataset {name!r}", expected=f"one of {', '.join(DATASETS)}")
@@ -168,3 +174,26 @@ def load_file(name: str, path: str | Path, bad_records: BadRecordPolicy = "error
     if not path.is_file():
         raise FlowDataError(path, "file not found")
     return readers[name](path, bad_records=bad_records)
+
+
+def load_files(name: str, paths: list[Path], bad_records: BadRecordPolicy = "error",
+               keep_unlabelled: bool = False) -> FlowTable:  # fmt: skip
+    """Several files of one source (a gateway's rotated logs) as one table, in the order given: one site named
+    by the first file; skipped counts summed, notes kept per file."""
+    tables = [load_file(name, p, bad_records, keep_unlabelled) for p in paths]
+    if len(tables) == 1:
+        return tables[0]
+    first = tables[0]
+    for table in tables[1:]:
+        if table.features != first.features:
+            raise FlowDataError(table.path, "feature columns differ from the first file's",
+                                expected=", ".join(first.features))  # fmt: skip
+    skipped: dict[str, int] = {}
+    for table in tables:
+        for reason, count in table.skipped.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    notes = [f"{Path(t.path).name}: {note}" for t in tables for note in t.notes]
+    return FlowTable(frame=pd.concat([t.frame for t in tables], ignore_index=True),
+                     numeric_features=list(first.numeric_features),
+                     categorical_features=list(first.categorical_features), source=first.source, path=first.path,
+                     skipped=skipped, notes=notes)  # fmt: skip

@@ -228,9 +228,7 @@ def test_a_gateway_client_reads_its_own_capture_from_node_config(data_dir, tmp_p
     assert len(iot_table) > 0 and "src_ip" in iot_table.frame
     with pytest.raises(ConfigError, match="neither partition-id"):
         local_table(spec, {})
-    from flows.errors import FlowDataError
-
-    with pytest.raises(FlowDataError, match="file not found"):
+    with pytest.raises(ConfigError, match="node config data-path: .*missing.csv: file not found"):
         local_table(spec, {"data-path": str(tmp_path / "missing.csv")})
 
 

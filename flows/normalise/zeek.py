@@ -20,6 +20,7 @@ import numpy as np
 
 from flows.normalise.cells import (
     BAD_LABEL,
+    UNLABELLED,
     Normalised,
     Problem,
     categorical,
@@ -103,7 +104,10 @@ class ZeekLog(Layout):
         port = {column: ports(cells[column], column, problems, hex_ok=False) for column in (ORIG_P, RESP_P)}
         check_domains(numeric, cells, DOMAINS, problems)
         start_time = numeric.pop(TS)
-        label, bad = labels_from(cells[LABEL_FIELD], LABELS, lower=True)
+        if LABEL_FIELD not in cells:  # a live conn.log: no verdicts (only readers that keep unlabelled get here)
+            label, bad = np.full(len(start_time), UNLABELLED, dtype=np.int8), np.zeros(len(start_time), dtype=bool)
+        else:
+            label, bad = labels_from(cells[LABEL_FIELD], LABELS, lower=True)
         if bad.any():
             problems.append(Problem(BAD_LABEL, LABEL_FIELD, "Benign, Malicious or Background", bad,
                                     cells[LABEL_FIELD]))  # fmt: skip

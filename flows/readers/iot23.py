@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flows.errors import FlowDataError
 from flows.normalise import ZeekCsv, ZeekLog, detect_format, header_layout
-from flows.normalise.zeek import REQUIRED
+from flows.normalise.zeek import LABEL_FIELD, REQUIRED
 from flows.readers.records import (
     BadRecordPolicy,
     check_policy,
@@ -22,7 +22,9 @@ from flows.readers.records import (
     split_records,
     table_of,
 )
-from flows.table import FlowTable
+from flows.table import LABEL, FlowTable
+
+UID = "uid"  # Zeek's connection id: a gateway's table keeps it (metadata, never a feature) to match evidence
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,13 @@ def zeek_log_layout(path: Path, lines: list[str]) -> ZeekLog:
     return layout
 
 
-def read_zeek_conn_log(path: str | Path, *, bad_records: BadRecordPolicy = "error", source: str = "iot-23"
-                       ) -> FlowTable:  # fmt: skip
-    """Read one labelled Zeek conn log (either shape) into a :class:`FlowTable` with IPs, ports and start times."""
+def read_zeek_conn_log(path: str | Path, *, bad_records: BadRecordPolicy = "error", source: str = "iot-23",
+                       keep_unlabelled: bool = False) -> FlowTable:  # fmt: skip
+    """Read one labelled Zeek conn log (either shape) into a :class:`FlowTable` with IPs, ports and start times.
+
+    ``keep_unlabelled`` (a gateway's own capture): a log without a ``label`` field (live Zeek) is read too, and
+    its records and Background records are kept with label -1 (unknown, family ``Background``) and Zeek's
+    ``uid`` in a ``uid`` column, for :mod:`flows.evidence` to label; nothing unlabelled is ever read as benign."""
     check_policy(bad_records)
     path = Path(path)
     lines = read_lines(path)
@@ -70,15 +76,31 @@ def read_zeek_conn_log(path: str | Path, *, bad_records: BadRecordPolicy = "erro
         raise FlowDataError(path, "not a Zeek conn log", line=1,
                             expected="'#' header lines or a CSV header with ts,uid,id.orig_h,...,conn_state,...",
                             got=lines[0])  # fmt: skip
-    require_columns(str(path), layout.columns, REQUIRED)
+    required = [c for c in REQUIRED if not (keep_unlabelled and c == LABEL_FIELD)]
+    require_columns(str(path), layout.columns, required)
     records = split_records(str(path), lines, layout, first_index=first, policy=bad_records, comment=comment)
     if not records.rows:
         raise FlowDataError(path, "no flow records", expected="at least one record")
-    batch = normalise_records(records, layout, bad_records)
+    uids = _uids(records, layout) if keep_unlabelled else None
+    batch = normalise_records(records, layout, bad_records, keep_unlabelled)
     notes = [f"Zeek conn log, {'tab-separated' if fmt == 'zeek' else 'CSV export'}"]
+    if keep_unlabelled and LABEL_FIELD not in layout.columns:
+        notes.append("no label field: every record's label is unknown")
     table = table_of(batch, layout, source, str(path), records, notes)
+    if uids is not None:
+        table.frame[UID] = [uids[line] for line in records.lines]
+    if keep_unlabelled and (table.frame[LABEL] < 0).any():
+        table.notes.append(f"{int((table.frame[LABEL] < 0).sum())} unlabelled records kept (label -1: unknown)")
     log.info("read %s: %d records, skipped %s", path, len(table), records.skipped or 0)
     return table
+
+
+def _uids(records, layout: ZeekLog) -> dict[int, str]:
+    """file line -> Zeek ``uid`` of every record ("-" when the log has no uid field)."""
+    if UID not in layout.columns:
+        return dict.fromkeys(records.lines, "-")
+    at = layout.columns.index(UID)
+    return {line: cells[at].strip() for line, cells in zip(records.lines, records.rows)}
 
 
 def read_iot23_conn_log(path: str | Path, *, bad_records: BadRecordPolicy = "error") -> FlowTable:

@@ -112,8 +112,10 @@ def split_records(path: str, lines: list[str], layout: Layout, *, first_index: i
     return records
 
 
-def normalise_records(records: RawRecords, layout: Layout, policy: BadRecordPolicy) -> Normalised:
-    """The shared normalisation of the records, with the bad-record policy applied and Background dropped."""
+def normalise_records(records: RawRecords, layout: Layout, policy: BadRecordPolicy,
+                      keep_unlabelled: bool = False) -> Normalised:  # fmt: skip
+    """The shared normalisation of the records, with the bad-record policy applied and Background dropped
+    (kept, label :data:`flows.normalise.UNLABELLED`, with ``keep_unlabelled``: a gateway labels them itself)."""
     batch = layout.normalise_rows(records.rows)
     if policy == "error":
         first = batch.first_problem()
@@ -127,7 +129,7 @@ def normalise_records(records: RawRecords, layout: Layout, policy: BadRecordPoli
         if bad.any():
             records.skipped[key] = records.skipped.get(key, 0) + int(bad.sum())
             keep &= ~bad
-    if batch.label is not None:
+    if batch.label is not None and not keep_unlabelled:
         background = keep & (batch.label == UNLABELLED)
         if background.any():
             records.skipped[BACKGROUND_SKIP] = int(background.sum())

@@ -82,11 +82,11 @@ class BundleFollower:
         try:
             bundle = open_bundle(target, self.public_key)
             if bundle.release < self.current.release:
-                raise BundleError(f"{target}: release {bundle.release} is older than the served release "
+                raise BundleError(f"release {bundle.release} is older than the served release "
                                   f"{self.current.release}")  # fmt: skip
             difference = contract_difference(self.current, bundle)
             if difference is not None:
-                raise BundleError(f"{target}: input contract differs from the served bundle's: {difference}")
+                raise BundleError(f"input contract differs from the served bundle's: {difference}")
             model = self.make_model(bundle)
         except (BundleError, ValueError, OSError) as err:
             self.refuse(target, err)

@@ -387,3 +387,65 @@ def test_malformed_lines_are_counted_and_the_rest_windowed(data_dir, graph_bundl
     report = service.run(FlowSource(capture), 256)
     assert sum(report.malformed.values()) == 2 and report.scored == 599 == len(out.getvalue().splitlines())
     assert service.graph_summary()["windows"] == 3  # 256 + 256 + 87 flows
+
+
+def test_a_live_switch_rescores_the_open_windows_with_the_new_bundle(data_dir, graph_bundles, tmp_path, caplog):
+    """Issue 16: between two batches the host-graph service takes a newly installed bundle; the flows buffered in
+    open windows are encoded again with its pipeline, so every window closing after the switch is the new model's
+    verdict on the same window (equal to serving the file with the new bundle alone); one flow verdict per record,
+    each naming its model version. A bundle with other windowing is refused and the old one kept."""
+    import io
+    import logging
+    import os
+
+    from gateway.graph_engine import GraphModel
+    from gateway.graph_serve import GraphVerdictService
+    from gateway.install import install_bundle, pack_bundle
+    from gateway.serve import record_batches, serve
+    from gateway.signing import generate_signing_key
+    from gateway.sources import FlowSource
+    from gateway.switch import BundleFollower, poll_switch
+    from test_bundle_signing import make_bundle
+
+    private, public = generate_signing_key(tmp_path / "op.key", tmp_path / "op.pub")
+
+    def shifted(m: dict) -> None:  # the same network on another scaler: other scores on the same windows
+        m.update(default_model="fp32")
+        m["pipeline"]["mean"] = [x + 2 * s for x, s in zip(m["pipeline"]["mean"], m["pipeline"]["std"])]
+
+    a = make_bundle(graph_bundles["gcn"], tmp_path / "a", private, 1, "A", edit=lambda m: m.update(default_model="fp32"))
+    b = make_bundle(graph_bundles["gcn"], tmp_path / "b", private, 3, "B", edit=shifted)
+    other = make_bundle(graph_bundles["gcn"], tmp_path / "w", private, 2, "W",
+                        edit=lambda m: m["graph"]["settings"].update(flows=128))  # fmt: skip
+    source = data_dir / "unsw-nb15" / "raw" / RAW_FILE
+    reference = {}
+    for name, folder in (("A", a), ("B", b)):
+        out = io.StringIO()
+        serve(folder, source, out=out, host_sink=None)
+        reference[name] = {row["line"]: row["score"] for row in map(json.loads, out.getvalue().splitlines())}
+    root = tmp_path / "root"
+    install_bundle(pack_bundle(a), root, public)
+    bundle = load_bundle(os.path.realpath(root / "current"))
+    service = GraphVerdictService(bundle, GraphModel(bundle), io.StringIO(), [])
+    service.follower = BundleFollower(root / "current", bundle, GraphModel, public, interval=0.0)
+    records = FlowSource(source)
+    with caplog.at_level(logging.ERROR, logger="gateway.switch"):
+        for index, batch in enumerate(record_batches(records, 200, bundle.pipeline, service.report)):
+            if index == 3:
+                install_bundle(pack_bundle(other), root, public)
+            if index == 5:
+                install_bundle(pack_bundle(b), root, public)
+                buffered = len(service.cutter.pending)
+            poll_switch(service)
+            service.process(batch)
+        service.finish()
+    rows = [json.loads(line) for line in service.out.getvalue().splitlines()]
+    assert sorted(row["line"] for row in rows) == list(range(1, 3001))
+    assert [s["to"] for s in service.report.switches] == ["B"] and buffered > 0  # flows were in open windows
+    switched = service.report.switches[0]["after_scored"]
+    assert service.report.versions == Counter({"A": switched, "B": 3000 - switched})
+    for row in rows:
+        assert abs(row["score"] - reference[row["model_version"]][row["line"]]) <= 1e-4, row
+    assert sum(abs(reference["A"][n] - reference["B"][n]) > 1e-2 for n in reference["A"]) > 100
+    [refusal] = service.follower.refusals
+    assert "input contract differs" in refusal["reason"] and "graph.settings" in refusal["reason"]

@@ -187,10 +187,10 @@ def _json_item(line: str, where: str, ignored: dict[str, int]) -> Evidence | Non
             ignored[kind] = ignored.get(kind, 0) + 1
             return None
         return suricata_alert(record, where)
+    if "host" in record or "label" in record:  # before notices: an operator's decision may carry a "note"
+        return operator_decision(record, where)
     if "note" in record:
         return zeek_notice(record, where)
-    if "host" in record or "label" in record:
-        return operator_decision(record, where)
     raise _Bad("unknown_record", None, "an operator decision (host, label), a Zeek notice (note) or a Suricata "
                "event (event_type)", line)  # fmt: skip
 
@@ -217,15 +217,13 @@ def read_evidence(path: str | Path, bad_records: BadRecordPolicy = "error") -> E
                 fields = value.strip().split("\t") if key == "fields" else fields
                 unset = value.strip() if key == "unset_field" else unset
                 continue
-            if line.lstrip().startswith("{"):
+            if fields is None or line.lstrip().startswith("{"):
                 item = _json_item(line, where, ignored)
-            elif fields is not None:
+            else:
                 cells = line.split("\t")
                 if len(cells) != len(fields):
                     raise _Bad("wrong_field_count", None, f"{len(fields)} tab-separated fields", f"{len(cells)}")
                 item = zeek_notice({k: (None if v == unset else v) for k, v in zip(fields, cells)}, where)
-            else:
-                raise _Bad("unknown_record", None, "JSON lines or a Zeek notice.log with a #fields header", line)
         except _Bad as bad:
             if bad_records == "error":
                 raise FlowDataError(path, f"bad evidence ({bad.reason})", line=number, column=bad.column,

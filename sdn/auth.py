@@ -231,7 +231,7 @@ def _hand_out(token: str, token_file: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdn.auth", description="Manage the isolation API's gateway tokens.")
+    parser = argparse.ArgumentParser(prog="python -m sdn.auth", description="The isolation API's gateway tokens.")
     parser.add_argument("command", choices=["add", "rotate", "remove", "list"])
     parser.add_argument("--tokens", type=Path, required=True, help="the tokens file (created with mode 0600)")
     parser.add_argument("--gateway", help="the gateway's name (1-64 of A-Z a-z 0-9 _ -)")

@@ -298,7 +298,8 @@ class ControllerConfig:
                    max_blocked_share=float(safety.get("max_blocked_share", 0.25)),
                    own_addresses=list(safety.get("own_addresses", [])), auth=auth,
                    tokens=None if tokens is None else str(tokens), certfile=api.get("certfile"),
-                   keyfile=api.get("keyfile"), client_ca=api.get("client_ca"), expire_every=float(timers.get("expire_every", 1.0)),
+                   keyfile=api.get("keyfile"), client_ca=api.get("client_ca"),
+                   expire_every=float(timers.get("expire_every", 1.0)),
                    reconcile_every=float(timers.get("reconcile_every", 5.0)))  # fmt: skip
 
 

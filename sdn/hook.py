@@ -74,7 +74,8 @@ class IsolationHook:
                  dry_run: bool = False, timeout: float = 2.0, backoff: float = 0.5, max_backoff: float = 30.0,
                  max_attempts: int = 5, max_age: float = 3600.0, interval: float | None = 1.0,
                  clock=time.time, token: str | None = None, token_file: str | Path | None = None,
-                 cafile: str | None = None, certfile: str | None = None, keyfile: str | None = None) -> None:  # fmt: skip
+                 cafile: str | None = None, certfile: str | None = None,
+                 keyfile: str | None = None) -> None:  # fmt: skip
         self.url = url.rstrip("/")
         self._token_text, self._token_file = token, None if token_file is None else Path(token_file)
         self._token_signature: tuple = ()
@@ -212,7 +213,7 @@ class IsolationHook:
                 except (urllib.error.URLError, OSError, TimeoutError, ValueError) as err:
                     self._delay = min(max(self._delay * 2, self.backoff), self.max_backoff)
                     self._unreachable_until = self.clock() + self._delay
-                    log.warning("controller unreachable (%s); %d call(s) queued, next try in %.1f s", err,
+                    log.warning("isolation call not delivered (%s); %d call(s) queued, next try in %.1f s", err,
                                 len(rows) - sent, self._delay)  # fmt: skip
                     return sent
                 self._delay = 0.0

@@ -64,9 +64,19 @@ def install_requirements() -> None:
 
 
 def start_controller(config: Path, state_dir: Path) -> int:
-    """``python -m sdn.controller --config config`` in the background; its pid goes to the bed's state folder."""
+    """``python -m sdn.controller --config config`` in the background; its pid goes to the bed's state folder. The
+    config (and its tokens file, see :mod:`sdn.auth`) is checked first: BedError naming what is wrong."""
     import tomllib
 
+    from sdn.auth import load
+    from sdn.controller import ControllerConfig
+
+    try:
+        checked = ControllerConfig.from_toml(config)
+        if checked.tokens:
+            load(checked.tokens)
+    except (OSError, ValueError) as err:
+        raise BedError(f"controller config: {err}") from None
     state_dir.mkdir(parents=True, exist_ok=True)
     log = open(state_dir / "controller.log", "a")
     process = subprocess.Popen([sys.executable, "-m", "sdn.controller", "--config", str(config)], stdout=log,

@@ -61,3 +61,18 @@ def test_a_bad_spec_closes_the_sinks_already_opened(tmp_path):
         del SINKS["tracked"]
     assert closed == [True]
     assert make_sinks(None) == [] and make_sinks("") == []
+
+
+def test_the_sdn_sink_takes_its_token_from_a_private_file_only(tmp_path):
+    """The gateway's `sdn:` sink passes token_file= to the hook: a token file others may read is refused on start
+    (the file sinks opened before it are closed), and the token never appears in the error."""
+    token = tmp_path / "gw.token"
+    token.write_text("bd1.gw1." + "a" * 43 + "\n")
+    token.chmod(0o644)
+    spec = f"sdn:http://127.0.0.1:9?queue={tmp_path / 'q.sqlite'}&token_file={token}"
+    with pytest.raises(ValueError, match="mode 0644") as caught:
+        make_sinks([f"file:{tmp_path / 'hosts.jsonl'}", spec])
+    assert "a" * 43 not in str(caught.value)
+    token.chmod(0o600)
+    [sink] = make_sinks([spec + "&interval=1000"])
+    sink.close()

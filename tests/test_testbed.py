@@ -52,6 +52,7 @@ def test_the_cli_starts_the_controller_with_the_bed_and_down_stops_it(tmp_path):
     import socket
     import sys
     import time
+    import urllib.error
     import urllib.request
 
     from conftest import skip_without_testbed
@@ -62,9 +63,14 @@ def test_the_cli_starts_the_controller_with_the_bed_and_down_stops_it(tmp_path):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
+    tokens = tmp_path / "tokens.json"  # the API authenticates: a gateway token made with the CLI, as in the README
+    made = subprocess.run([sys.executable, "-m", "sdn.auth", "add", "--tokens", str(tokens), "--gateway", "gw1",
+                           "--network", "10.77.0.0/24"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
     config = tmp_path / "controller.toml"
-    config.write_text(f"[openflow]\nport = {ports[0]}\n[api]\nport = {ports[1]}\n[store]\npath = "
-                      f"\"{tmp_path / 'blocks.sqlite'}\"\n")  # fmt: skip
+    config.write_text(f"[openflow]\nport = {ports[0]}\n[api]\nport = {ports[1]}\ntokens = \"{tokens}\"\n"
+                      f"[store]\npath = \"{tmp_path / 'blocks.sqlite'}\"\n")  # fmt: skip
     state = tmp_path / "bed"
     base = [sys.executable, "-m", "sdn.testbed", "--prefix", "bdc", "--state-dir", str(state)]
     try:
@@ -83,6 +89,12 @@ def test_the_cli_starts_the_controller_with_the_bed_and_down_stops_it(tmp_path):
         ping = subprocess.run(["ip", "netns", "exec", "bdc-h1", "ping", "-c", "1", "-W", "1", "10.77.0.2"],
                               capture_output=True, timeout=10)  # fmt: skip
         assert ping.returncode == 0
+        request = urllib.request.Request(f"http://127.0.0.1:{ports[1]}/blocks",
+                                         headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        assert json.loads(opener.open(request, timeout=5).read()) == {"blocks": []}
+        with pytest.raises(urllib.error.HTTPError) as refused:  # no token
+            opener.open(f"http://127.0.0.1:{ports[1]}/blocks", timeout=5)
+        assert refused.value.code == 401
     finally:
         subprocess.run([*base[:3], "down", *base[3:]], capture_output=True, timeout=60)
     assert leftovers("bdc") == [] and not os.path.exists(f"/proc/{controller_pid}")

@@ -22,6 +22,7 @@ their order (a later call for a host waits behind an earlier one still being ret
 ``dry_run`` only logs what it would call.
 
     python -m gateway serve --bundle B --source S --host-sink 'sdn:http://127.0.0.1:8470?ttl=300&queue=q.sqlite'
+    python -m gateway serve ... --host-sink 'sdn:https://ctl.example:8470?ca=ca.pem&token_file=gw1.token&ttl=300'
     python -m sdn.hook --queue q.sqlite --status      # pending calls and the dead-letter table, as JSON
 
 Authentication (:mod:`sdn.auth`): the gateway's token goes in ``Authorization: Bearer``, read from
@@ -79,7 +80,9 @@ class IsolationHook:
         self.url = url.rstrip("/")
         self._token_text, self._token_file = token, None if token_file is None else Path(token_file)
         self._token_signature: tuple = ()
-        self._token()  # a missing or readable-by-others token file: refused on start
+        if self._token() and self.url.startswith("http:") and not _loopback(urlsplit(self.url).hostname):
+            raise ValueError(f"host sink sdn: the token would cross the network in the clear to "
+                             f"{urlsplit(self.url).hostname}; use an https URL (with ca=PATH)")  # fmt: skip
         self._opener = _opener(self.url, cafile, certfile, keyfile)
         self.ttl, self.dry_run, self.timeout = ttl, dry_run, timeout
         self.backoff, self.max_backoff, self.clock = backoff, max_backoff, clock
@@ -375,9 +378,6 @@ def hook_from_spec(spec: str) -> IsolationHook:
         raise ValueError(f"host sink sdn: dry_run must be 0 or 1, got {options['dry_run']!r}")
     token_file = options.get("token_file") or None
     token = None if token_file else os.environ.get(TOKEN_VARIABLE, "").strip() or None
-    if (token or token_file) and parts.scheme == "http" and not _loopback(parts.hostname):
-        raise ValueError(f"host sink sdn: the token would cross the network in the clear to {parts.hostname}; use an "
-                         "https URL (with ca=PATH)")  # fmt: skip
     return IsolationHook(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
                          options.get("queue", "isolation-queue.sqlite"), ttl=ttl, dry_run=dry in ("1", "true", "yes"),
                          max_attempts=int(_number("max_attempts", options.get("max_attempts", "5"), integer=True)),

@@ -6,8 +6,9 @@ token scoped to 10.0.0.0/8 and 2001:db8::/32, a wrong token, none or junk. Hypot
 from __future__ import annotations
 
 import asyncio
-import json
+import atexit
 import ipaddress
+import json
 import math
 import os
 import shutil

@@ -176,7 +176,8 @@ def test_signing_needs_a_release_and_the_manifest_checks_it(bundle_dir, tmp_path
     with pytest.raises(BundleError, match="no 'release' number"):
         sign_bundle(bundle, keys[0])
     for bad in (0, -3, True, "5", 1.5):
-        folder = make_bundle(bundle_dir, tmp_path / f"bad{bad!r}", None, None, edit=lambda m, b=bad: m.update(release=b))
+        folder = make_bundle(bundle_dir, tmp_path / f"bad{bad!r}", None, None,
+                             edit=lambda m, b=bad: m.update(release=b))  # fmt: skip
         with pytest.raises(BundleError, match="'release' must be a release number"):
             load_bundle(folder)
 

@@ -20,7 +20,8 @@ Answers are strict JSON (no NaN/Infinity): 200 done or already so (idempotent), 
 token, 403 refused (allowlist, never-blocked address, outside the caller's networks, circuit breaker; a breaker
 refusal carries ``retry_after`` seconds and a ``Retry-After`` header: the same call may pass then), 404/405 no
 such resource or method, 408 the body did not arrive within the read timeout, 413 body too large, 415 a body
-that is not ``application/json`` (a web page's ``text/plain`` form post), 502 the switch did not confirm the rules, 503 too many connections.
+that is not ``application/json`` (a web page's ``text/plain`` form post), 502 the switch did not confirm the
+rules, 503 too many connections.
 
 Why uvicorn: os-ken 4 has no WSGI stack under its default native hub (its ``WSGIServer`` exists only with the
 eventlet hub, which would monkey-patch the controller's threads), and growing the standard library's

@@ -100,6 +100,12 @@ def remove(namespaces: list[str], links: list[str]) -> list[str]:
     return [n for n in namespaces if n in left] + [n for n in links if Path("/sys/class/net", n).exists()]
 
 
+def namespace_pids(namespace: str) -> list[int]:
+    """Pids of the processes running in ``namespace`` (``ip netns pids``)."""
+    done = ip("netns", "pids", namespace, check=False)
+    return [int(p) for p in done.stdout.split() if p.isdigit()] if done.returncode == 0 else []
+
+
 def byte_counters(link: str) -> tuple[int, int]:
     """(rx, tx) bytes of a root-side link: rx is what the namespace sent, tx what it received."""
     stats = Path("/sys/class/net", link, "statistics")

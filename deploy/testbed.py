@@ -207,6 +207,29 @@ class DeployBed:
         log.info("%s", commands.shell_line(command))
         return processes.start(command, name or gateway.name, self.state_dir, self.env(home), cwd=home)
 
+    def rejoin(self, gateway: Gateway, timeout: float = 150.0, settle: float = 8.0) -> float:
+        """Restart a gateway's SuperNode until the SuperLink takes it back; returns the seconds it took.
+
+        A node that vanished without deactivating stays "online" on the SuperLink until its heartbeat lapses
+        (2 x the 30 s heartbeat interval in Flower 1.42), and activating it again before then fails with
+        ``[code: 2004] Failed to activate SuperNode`` (the SuperNode exits 305): so try again every few seconds,
+        as a systemd unit with ``Restart=on-failure`` would."""
+        started = time.monotonic()
+        log_file = self.state_dir / f"{gateway.name}.log"
+        while time.monotonic() - started < timeout:
+            offset = log_file.stat().st_size if log_file.exists() else 0
+            pid = self.start_supernode(gateway)
+            deadline = time.monotonic() + settle
+            while time.monotonic() < deadline and processes.alive(pid):
+                if "SuperNode ID:" in log_file.read_text(errors="replace")[offset:]:
+                    return time.monotonic() - started
+                time.sleep(0.2)
+            if processes.alive(pid):
+                return time.monotonic() - started
+            processes.stop_pidfile(self.state_dir / f"{gateway.name}.pid")
+            time.sleep(3.0)
+        raise RuntimeError(f"{gateway.name} did not rejoin within {timeout:.0f} s; see {log_file}")
+
     def kill_supernode(self, gateway: Gateway) -> list[int]:
         """SIGKILL a gateway's SuperNode and its ClientApp processes (a crash)."""
         return processes.kill_now(self.state_dir / f"{gateway.name}.pid")
@@ -242,6 +265,9 @@ class DeployBed:
             left += [f"pid {p} ({pid_file.stem})" for p in processes.stop_pidfile(pid_file)]
         path = self.state_dir / "testbed.json"
         made = json.loads(path.read_text()).get("made", {}) if path.exists() else {}
+        for namespace in made.get("namespaces", []):  # anything still running in a namespace of ours is ours
+            for pid in netns.namespace_pids(namespace):
+                left += [f"pid {p} (in {namespace})" for p in processes.stop(pid, grace=3.0)]
         if made.get("namespaces") or made.get("links"):
             left += netns.remove(made.get("namespaces", []), made.get("links", []))
         path.unlink(missing_ok=True)

@@ -135,7 +135,8 @@ def test_zeek_notices_label_by_uid_by_connection_and_by_scanning_source(tmp_path
     path = notice_log(tmp_path / "notice.log", [
         {"ts": by_uid.start_time, "uid": by_uid.uid, "note": "Weird::Activity", "msg": "by uid"},
         {"ts": by_tuple.start_time + 0.1, "id.orig_h": by_tuple.src_ip, "id.orig_p": by_tuple.src_port,
-         "id.resp_h": by_tuple.dst_ip, "id.resp_p": by_tuple.dst_port, "proto": "tcp", "note": "SSH::Password_Guessing"},
+         "id.resp_h": by_tuple.dst_ip, "id.resp_p": by_tuple.dst_port, "proto": "tcp",
+         "note": "SSH::Password_Guessing"},
         {"ts": scan_ts, "note": "Scan::Port_Scan", "msg": "scanned", "src": "192.168.2.1"},
         {"ts": 1.0, "note": "Scan::Address_Scan", "src": "10.9.9.9"},  # covers no flow of this capture
     ])  # fmt: skip
@@ -252,3 +253,19 @@ def test_times_are_epoch_seconds_or_iso_8601():
     assert timestamp("2019-10-25T12:08:22.5", "t") == 1572005302.5  # no offset: UTC
     assert math.isfinite(timestamp(0, "t")) and np.isclose(timestamp("2019-10-25T14:08:22.5+02:00", "t"),
                                                            1572005302.5)  # fmt: skip
+
+
+def test_the_gateways_source_reads_a_live_conn_log_as_unlabelled_and_encodes_it_as_training_does(data_dir, live):
+    """Before: the verdict service refused a live Zeek log ("lacks column(s) label")."""
+    from collections import Counter
+
+    from flows.pipeline import FeaturePipeline, PipelineConfig
+    from gateway.encode import encode
+    from gateway.sources import FlowSource
+
+    labelled = read_zeek_conn_log(data_dir / CAPTURE)
+    state = FeaturePipeline(PipelineConfig()).fit(labelled).state_
+    malformed: Counter = Counter()
+    X, kept = encode([r for r in FlowSource(live) if r is not None], state, malformed)
+    assert not malformed and {r.label for r in kept} == {-1}
+    np.testing.assert_array_equal(X, state.transform(labelled.frame))

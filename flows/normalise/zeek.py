@@ -87,6 +87,11 @@ class ZeekLog(Layout):
             fields = fields[:-1] + WHITESPACE.split(fields[-1].strip())
         return fields
 
+    def missing(self) -> list[str]:
+        """The required columns the header lacks; ``label`` is not one: a live conn.log carries no verdicts, so its
+        records are unlabelled (the training readers still require labels unless they keep unlabelled records)."""
+        return [c for c in super().missing() if c != LABEL_FIELD]
+
     @property
     def markers(self) -> tuple[str, ...]:
         return ("", self.unset, self.empty)

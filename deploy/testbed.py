@@ -207,7 +207,7 @@ class DeployBed:
         log.info("%s", commands.shell_line(command))
         return processes.start(command, name or gateway.name, self.state_dir, self.env(home), cwd=home)
 
-    def rejoin(self, gateway: Gateway, timeout: float = 150.0, settle: float = 8.0) -> float:
+    def rejoin(self, gateway: Gateway, timeout: float = 150.0, settle: float = 15.0) -> float:
         """Restart a gateway's SuperNode until the SuperLink takes it back; returns the seconds it took.
 
         A node that vanished without deactivating stays "online" on the SuperLink until its heartbeat lapses
@@ -221,11 +221,9 @@ class DeployBed:
             pid = self.start_supernode(gateway)
             deadline = time.monotonic() + settle
             while time.monotonic() < deadline and processes.alive(pid):
-                if "SuperNode ID:" in log_file.read_text(errors="replace")[offset:]:
+                if "SuperNode ID:" in log_file.read_text(errors="replace")[offset:]:  # activated
                     return time.monotonic() - started
                 time.sleep(0.2)
-            if processes.alive(pid):
-                return time.monotonic() - started
             processes.stop_pidfile(self.state_dir / f"{gateway.name}.pid")
             time.sleep(3.0)
         raise RuntimeError(f"{gateway.name} did not rejoin within {timeout:.0f} s; see {log_file}")

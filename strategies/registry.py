@@ -131,11 +131,11 @@ def build_strategy(name: str, params: Mapping[str, Any], *, n_nodes: int, fracti
             raise StrategyConfigError("strategy fltrust needs a server root dataset (simulation.root_size > 0)")
         return RobustAggregation(
             fraction_train=fraction_train, fraction_evaluate=fraction_evaluate, min_train_nodes=min_nodes,
-            min_evaluate_nodes=min_nodes, min_available_nodes=n_nodes, seed=seed, node_ranks=node_ranks,
+            min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes, seed=seed, node_ranks=node_ranks,
             aggregator=name, server_update_fn=server_update_fn, **dict(params),
         )  # fmt: skip
     return strategy_class(name)(
         fraction_train=fraction_train, fraction_evaluate=fraction_evaluate, min_train_nodes=min_nodes,
-        min_evaluate_nodes=min_nodes, min_available_nodes=n_nodes, seed=seed, node_ranks=node_ranks,
+        min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes, seed=seed, node_ranks=node_ranks,
         **dict(params),
     )  # fmt: skip

@@ -47,7 +47,8 @@ def test_the_staged_app_bundles_the_packages_only(checkout_with_a_venv, tmp_path
 
 
 def test_app_packages_follow_setuptools_find():
-    assert app_packages(REPO) == sorted(["conf", "fl_client", "fl_server", "flows", "gateway", "models", "sdn",
+    assert app_packages(REPO) == sorted(["conf", "deploy", "fl_client", "fl_server", "flows", "gateway", "models",
+                                         "sdn",
                                          "simulation", "strategies"])  # fmt: skip
 
 

@@ -27,6 +27,7 @@ from deploy.pki import Pki, make_pki
 
 log = logging.getLogger(__name__)
 DEFAULT_STATE = Path(tempfile.gettempdir()) / "botdefender-deploy"
+REPO = Path(__file__).resolve().parents[1]
 IOT23 = "iot-23"
 DATA_ENV = "BOTDEFENDER_DATA_DIR"
 # three small IoT-23 Zeek captures (461, 1,383 and 4,435 records): two honeypots and one malware capture
@@ -93,6 +94,18 @@ class DeployBed:
         return self.state_dir / "operator"
 
     @property
+    def signing_key(self) -> Path:
+        """The operator's Ed25519 bundle-signing key (its public half is pinned on every gateway)."""
+        return self.state_dir / "signing" / "operator.key"
+
+    def bundle_root(self, gateway: Gateway) -> Path:
+        """Where ``gateway`` installs rolled-out bundles (``current`` is what its verdict service serves)."""
+        return self.state_dir / gateway.name / "bundles"
+
+    def pinned_key(self, gateway: Gateway) -> Path:
+        return self.state_dir / gateway.name / "operator.pub"
+
+    @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
@@ -133,6 +146,7 @@ class DeployBed:
             self.save(network.names(len(self.gateways)) if self.use_namespaces else None)
             if not self.pki.ca_cert.exists():
                 make_pki(self.pki.root, [self.host, network.link_address], [g.name for g in self.gateways])
+            self.make_signing_key()
             self.start_superlink()
             commands.write_connection(self.operator_home, self.address, self.pki.ca_cert)
             if register:
@@ -145,6 +159,18 @@ class DeployBed:
             self.down()
             raise
         return self
+
+    def make_signing_key(self) -> None:
+        """The operator's bundle-signing key pair (once) and a copy of its public key on every gateway."""
+        from gateway.signing import generate_signing_key
+
+        public = self.signing_key.with_suffix(".pub")
+        if not self.signing_key.exists():
+            self.signing_key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            generate_signing_key(self.signing_key, public)
+        for gateway in self.gateways:
+            self.pinned_key(gateway).parent.mkdir(parents=True, exist_ok=True)
+            self.pinned_key(gateway).write_bytes(public.read_bytes())
 
     def start_superlink(self, timeout: float = 60.0) -> int:
         command = commands.superlink_command(self.pki, self.host, self.port, self.state_dir / "superlink.db",
@@ -194,7 +220,8 @@ class DeployBed:
     def supernode_argv(self, gateway: Gateway, **options) -> list[str]:
         """The SuperNode's command (under ``ip netns exec`` in its namespace); ``options`` go to
         :func:`deploy.commands.supernode_command` (insecure, root_certificates, auth, max_wait_time)."""
-        node_config = {"data-path": gateway.data_path, "dataset": gateway.dataset}
+        node_config = {"data-path": gateway.data_path, "dataset": gateway.dataset,
+                       "bundle-root": str(self.bundle_root(gateway)), "bundle-public-key": str(self.pinned_key(gateway))}
         command = commands.supernode_command(self.pki, options.pop("key_of", gateway.name), self.address,
                                              node_config, gateway.runtime_port, **options)  # fmt: skip
         return (["ip", "netns", "exec", gateway.namespace] if gateway.namespace else []) + command
@@ -227,6 +254,19 @@ class DeployBed:
             processes.stop_pidfile(self.state_dir / f"{gateway.name}.pid")
             time.sleep(3.0)
         raise RuntimeError(f"{gateway.name} did not rejoin within {timeout:.0f} s; see {log_file}")
+
+    def start_verdict_service(self, gateway: Gateway, source: Path, verdicts: Path, *options: str) -> int:
+        """``python -m gateway serve --follow`` in the gateway's namespace on its installed bundle (``ROOT/current``,
+        the pinned key), flow verdicts appended to ``verdicts``; pid file ``<gateway>-serve.pid``."""
+        import sys
+
+        command = [sys.executable, "-m", "gateway", "serve", "--bundle", str(self.bundle_root(gateway) / "current"),
+                   "--public-key", str(self.pinned_key(gateway)), "--source", str(source), "--follow",
+                   "--out", str(verdicts), "--host-sink", "", *options]  # fmt: skip
+        command = (["ip", "netns", "exec", gateway.namespace] if gateway.namespace else []) + command
+        log.info("%s", commands.shell_line(command))
+        return processes.start(command, f"{gateway.name}-serve", self.state_dir, self.env(),
+                               cwd=REPO)  # python -m finds the checkout's packages, installed or not
 
     def kill_supernode(self, gateway: Gateway) -> list[int]:
         """SIGKILL a gateway's SuperNode and its ClientApp processes (a crash)."""

@@ -81,11 +81,69 @@ def array_record_bytes(checkpoint: Path) -> tuple[int, int]:
     return sum(int(t.numel()) for t in state.values()), sum(len(a.data) for a in record.values())
 
 
-def test_three_authenticated_gateways_train_three_rounds(bed, tmp_path):
+def _lines(path: Path, process_pid: int | None = None) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _wait(condition, timeout: float, what: str, poll: float = 0.3) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def test_three_authenticated_gateways_train_and_switch_to_the_signed_bundle(bed, tmp_path):
+    """Three authenticated SuperNodes over TLS train 3 rounds with the screening strategy, judged by federated
+    evaluation only (the server reads no data); the server rolls out a signed bundle after round 2 and at the end;
+    each gateway's running ``gateway serve --follow`` starts on the first and switches to the second: every flow
+    scored once, the verdicts' model version changes."""
+    from gateway.install import read_installed
+
     before = {g.name: netns.byte_counters(g.link) for g in bed.gateways}
-    result, metrics = run(bed, tmp_path / "out")
+    overrides = {"deploy.central-eval": "none", "deploy.rollout": True, "deploy.signing-key": str(bed.signing_key),
+                 "deploy.rollout-every": 2}  # fmt: skip
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(run=run(bed, tmp_path / "out", overrides)))
+    thread.start()
+    records, sources, verdicts, first = {}, {}, {}, {}
+    for g in bed.gateways:  # each gateway's capture, replayed as a growing Zeek log
+        lines = Path(g.data_path).read_text().splitlines(keepends=True)
+        records[g.name] = [line for line in lines if not line.startswith("#")]
+        first[g.name] = min(150, len(records[g.name]) // 3)
+        sources[g.name], verdicts[g.name] = tmp_path / f"{g.name}.conn.log", tmp_path / f"{g.name}.verdicts.jsonl"
+        sources[g.name].write_text("".join(line for line in lines[:10] if line.startswith("#")))
+    try:
+        _wait(lambda: all((bed.bundle_root(g) / "current").exists() for g in bed.gateways) or not thread.is_alive(),
+              500, "the round-2 rollout did not reach every gateway")  # fmt: skip
+        assert thread.is_alive(), "the run ended before the round-2 rollout reached the gateways"
+        for g in bed.gateways:
+            bed.start_verdict_service(g, sources[g.name], verdicts[g.name], "--idle-exit", "900",
+                                      "--switch-interval", "0.2", "--batch", "32")  # fmt: skip
+            with open(sources[g.name], "a") as handle:
+                handle.write("".join(records[g.name][: first[g.name]]))
+        for g in bed.gateways:
+            _wait(lambda: len(_lines(verdicts[g.name])) >= first[g.name], 120, f"{g.name} did not score its flows")
+    finally:
+        thread.join(900)
+    assert "run" in outcome, "the run did not complete"
+    result, metrics = outcome["run"]
+    rollouts = metrics["data"]["rollout"]
+    assert [r["name"] for r in rollouts] == ["round2", "final"] and all(r["installed"] == 3 for r in rollouts)
+    for g in bed.gateways:
+        assert read_installed(bed.bundle_root(g))["highest"] == rollouts[1]["release"]
+    time.sleep(0.5)  # past the switch interval: the next batch looks at the link
+    for g in bed.gateways:
+        with open(sources[g.name], "a") as handle:
+            handle.write("".join(records[g.name][first[g.name]:]))
+    for g in bed.gateways:  # every flow scored (verdicts are written per batch), then the service is stopped
+        _wait(lambda: len(_lines(verdicts[g.name])) >= len(records[g.name]), 180,
+              f"{g.name}'s verdict service did not score every flow")  # fmt: skip
+        assert bed.stop_process(f"{g.name}-serve") == []
     after = {g.name: netns.byte_counters(g.link) for g in bed.gateways}
+
     assert metrics["strategy"] == "ScreeningStrategy" and metrics["nodes"] == 3
+    assert metrics["data"]["central_eval"] == "none" and metrics["test_records"] == 0
     ids = sorted(node_ids(bed).values())
     rounds = metrics["rounds"][1:]
     assert [r["round"] for r in rounds] == [1, 2, 3]
@@ -93,15 +151,32 @@ def test_three_authenticated_gateways_train_three_rounds(bed, tmp_path):
         assert sorted(row["node-id"] for row in entry["clients_train"]) == ids
         assert entry["missing_train"] == [] and all("error" not in row for row in entry["clients_train"])
         assert len(entry["screening"]) == 3
+        fed = entry["federated"]  # federated evaluation, every round
+        assert fed["fed_clients"] == 3 and fed["fed_examples"] > 0 and fed["fed_loss"] is not None
+    old, new = rollouts[0]["model_version"], rollouts[1]["model_version"]
+    assert old != new
+    for g in bed.gateways:
+        rows = [json.loads(line) for line in _lines(verdicts[g.name])]
+        n, k = len(records[g.name]), first[g.name]
+        assert len(rows) == n and len({row["line"] for row in rows}) == n, g.name  # none lost, none twice
+        assert [row["model_version"] for row in rows] == [old] * k + [new] * (n - k), g.name
+        log_text = (bed.state_dir / f"{g.name}-serve.log").read_text()
+        assert f"switched from model version {old} to {new}" in log_text, log_text[-2000:]
     parameters, payload = array_record_bytes(tmp_path / "out" / "final.pt")
     seconds = [r["global"]["round_seconds"] for r in rounds]
     print(f"\ndeployed federation (3 SuperNodes in namespaces, TLS + node auth): {result.seconds:.1f} s for flwr run, "
-          f"rounds {', '.join(f'{s:.1f}' for s in seconds)} s (round_seconds)")
+          f"rounds {', '.join(f'{s:.1f}' for s in seconds)} s (round_seconds, including the round-2 rollout)")
+    print("federated f1 per round:", [r["federated"].get("fed_f1") for r in rounds],
+          "examples", [r["federated"]["fed_examples"] for r in rounds])
+    for r in rollouts:
+        print(f"rollout {r['name']}: release {r['release']}, {r['bytes']} bytes to 3 gateways, export + signing "
+              f"{r['export_seconds']:.1f} s, until all 3 installed {r['seconds']:.1f} s")
     print(f"model: {parameters} parameters, ArrayRecord arrays {payload} bytes ({parameters * 4} bytes of float32)")
     for g in bed.gateways:
         sent, received = after[g.name][0] - before[g.name][0], after[g.name][1] - before[g.name][1]
         print(f"{g.name}: sent {sent} bytes, received {received} bytes over its veth for the whole run "
-              f"(1 query + 3 train + 3 evaluate messages): {sent / 3:.0f} sent per round")
+              f"(1 query + 3 train + 3 evaluate messages, 2 rollouts): {sent / 3:.0f} sent per round; "
+              f"{len(records[g.name])} flows served, {first[g.name]} by {old}")
         assert sent > payload * 3  # three train replies at least carry the model
 
 

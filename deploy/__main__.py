@@ -65,7 +65,14 @@ def cmd_superlink(args: argparse.Namespace) -> int:
 
 def cmd_supernode(args: argparse.Namespace) -> int:
     pki = Pki(Path(args.pki).expanduser().resolve())
-    node_config = {"data-path": str(Path(args.data_path).expanduser().resolve()), "dataset": args.dataset}
+    node_config = {"data-path": ",".join(str(Path(p).expanduser().resolve()) for p in args.data_path.split(",")),
+                   "dataset": args.dataset}  # fmt: skip
+    for key, value in (("labels", args.labels), ("bundle-root", args.bundle_root),
+                       ("bundle-public-key", args.bundle_public_key)):  # fmt: skip
+        if value:
+            node_config[key] = ",".join(str(Path(p).expanduser().resolve()) for p in value.split(","))
+    if args.unlabelled:
+        node_config["unlabelled"] = args.unlabelled
     command = commands.supernode_command(pki, args.gateway, args.superlink, node_config, args.runtime_port)
     return _exec(command, commands.flower_env(_flwr_home(args)), args.dry_run)
 
@@ -163,6 +170,10 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--data-path", required=True)
             p.add_argument("--dataset", default="iot-23")
             p.add_argument("--runtime-port", type=int, default=9094, help="the SuperNode's local runtime API")
+            p.add_argument("--labels", default="", help="evidence files or folders, ','-separated")
+            p.add_argument("--unlabelled", choices=("drop", "benign"), help="default drop (the ClientApp's)")
+            p.add_argument("--bundle-root", default="", help="where rolled-out bundles are installed")
+            p.add_argument("--bundle-public-key", default="", help="the operator's pinned Ed25519 public key")
         if name in ("register", "run"):
             p.add_argument("--connection", default=commands.CONNECTION)
         if name == "register":

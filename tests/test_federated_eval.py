@@ -78,3 +78,33 @@ def test_a_server_without_data_judges_the_model_by_federated_evaluation(tmp_path
     assert [p["round"] for p in progress] == [0, 1, 2] and all("fed_f1" in p for p in progress[1:])
     assert metrics["best_round"] in (1, 2)
     print("federated f1 per round:", [round(e["federated"]["fed_f1"], 4) for e in metrics["rounds"][1:]])
+
+
+def test_a_server_file_is_the_central_test_set_with_central_eval_file(data_dir, tmp_path):
+    """deploy.central_eval=file: the server scores the global model on a labelled capture of its own (read with
+    the run's reader), not on a split of the run's data set."""
+    import dataclasses
+
+    import torch
+    from flwr.app import ArrayRecord
+
+    from conf.schema import DatasetSpec, DeploySpec, RunSpec
+    from fl_server.app import central_evaluation, global_model
+    from flows.loader import load_file
+    from flows.pipeline import FeaturePipeline, PipelineConfig
+
+    capture = data_dir / "iot-23" / "CTU-IoT-Malware-Capture-34-1.conn.log.labeled"
+    table = load_file("iot-23", capture)
+    state = FeaturePipeline(PipelineConfig()).fit(table).state_
+    spec = dataclasses.replace(RunSpec(), dataset=DatasetSpec(name="iot-23"),
+                               deploy=DeploySpec(central_eval="file", central_file=str(capture)))  # fmt: skip
+    torch.set_num_threads(1)
+    model_spec, model = global_model(spec, state)
+    evaluation, data = central_evaluation(spec, state, model_spec, model, tmp_path)
+    assert data["central_eval"] == "file" and data["test_records"] == len(table) == len(evaluation.y_test)
+    metrics = evaluation(0, ArrayRecord(model.state_dict()))
+    assert 0.0 <= metrics["f1"] <= 1.0 and "fed_f1" not in metrics
+    none_spec = dataclasses.replace(spec, deploy=DeploySpec(central_eval="none"))
+    evaluation, data = central_evaluation(none_spec, state, model_spec, model, tmp_path)
+    assert data == {"central_eval": "none"} and evaluation.X_test is None
+    assert dict(evaluation(0, ArrayRecord(model.state_dict()))) == {}

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from deploy.pki import Pki
+from simulation.flower_runtime import format_run_config
 
 CONNECTION = "botdefender"
 QUIET_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0",
@@ -51,22 +52,6 @@ def superlink_command(pki: Pki, host: str, port: int, database: Path, log_file: 
     return command
 
 
-def node_config_text(values: dict) -> str:
-    """``--node-config`` text: ``k='v'`` for strings, plain TOML for numbers and booleans."""
-    parts = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            parts.append(f"{key}={'true' if value else 'false'}")
-        elif isinstance(value, (int, float)):
-            parts.append(f"{key}={value!r}")
-        else:
-            text = str(value)
-            if "'" in text:
-                raise ValueError(f"node config {key}: a value may not contain a single quote: {text!r}")
-            parts.append(f"{key}='{text}'")
-    return " ".join(parts)
-
-
 def supernode_command(pki: Pki, gateway: str, superlink: str, node_config: dict, runtime_port: int = 9094, *,
                       insecure: bool = False, root_certificates: Path | None = None, auth: bool = True,
                       max_wait_time: float | None = None) -> list[str]:  # fmt: skip
@@ -79,7 +64,7 @@ def supernode_command(pki: Pki, gateway: str, superlink: str, node_config: dict,
         command += ["--root-certificates", str(root_certificates or pki.gateway_ca(gateway))]
     if auth:
         command += ["--auth-supernode-private-key", str(pki.gateway_key(gateway))]
-    command += ["--node-config", node_config_text(node_config), "--port", str(runtime_port)]
+    command += ["--node-config", format_run_config(node_config), "--port", str(runtime_port)]
     if max_wait_time is not None:
         command += ["--max-wait-time", str(max_wait_time)]
     return command
@@ -93,19 +78,6 @@ def register_command(public_key: Path, connection: str = CONNECTION) -> list[str
 def list_command(connection: str = CONNECTION) -> list[str]:
     """``flwr supernode list CONNECTION --format json``."""
     return [program("flwr"), "supernode", "list", connection, "--format", "json"]
-
-
-def format_run_config(values: dict) -> str:
-    """``--run-config`` text (TOML values, strings quoted)."""
-    parts = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            parts.append(f"{key}={'true' if value else 'false'}")
-        elif isinstance(value, (int, float)):
-            parts.append(f"{key}={value!r}")
-        else:
-            parts.append(f"{key}='{str(value)}'")
-    return " ".join(parts)
 
 
 def run_command(app: Path, run_config: dict, connection: str = CONNECTION, stream: bool = True) -> list[str]:

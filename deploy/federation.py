@@ -10,16 +10,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from deploy import commands
 from simulation.app_source import stage_app
+from simulation.flower_runtime import stream_lines
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STARTED = re.compile(r"Successfully started run (\d+)")
 SMALL_RUN = {"dataset.name": "captures", "dataset.bad-records": "skip", "partition.scheme": "by_site",
              "partition.n-clients": 3, "simulation.num-rounds": 3, "simulation.local-epochs": 1,
@@ -47,24 +45,7 @@ def run_app(env: dict, app_dir: Path, run_config: dict, timeout: float, connecti
     """Stage the app into ``app_dir``, ``flwr run`` it to the end (killed after ``timeout`` s) and read its status."""
     app = stage_app(app_dir)
     command = commands.run_command(app, run_config, connection)
-    lines: list[str] = []
-    started = time.perf_counter()
-    with subprocess.Popen(command, env=env, cwd=cwd or app, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, bufsize=1) as process:  # fmt: skip
-        timer = threading.Timer(timeout, process.kill)  # our own child, by handle
-        timer.start()
-        try:
-            for line in process.stdout:
-                clean = ANSI.sub("", line.rstrip("\n"))
-                lines.append(clean)
-                if on_line is not None:
-                    on_line(clean)
-        except BaseException:
-            process.kill()
-            raise
-        finally:
-            timer.cancel()
-    seconds = time.perf_counter() - started
+    lines, seconds = stream_lines(command, env, cwd or app, timeout, on_line)
     found = [m.group(1) for m in map(STARTED.search, lines) if m]
     run_id = found[-1] if found else ""
     listing = subprocess.run([commands.program("flwr"), "ls", connection, "--format", "json"]

@@ -14,30 +14,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from simulation.flower_runtime import alive
+from simulation.flower_runtime import processes as proc_table
 
-def proc_table() -> list[tuple[int, int, int, list[str]]]:
-    """(pid, ppid, pgid, argv) of every process, read from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        found.append((int(entry.name), int(fields[1]), int(fields[2]), [a.decode(errors="replace") for a in argv if a]))
-    return found
-
-
-def alive(pid: int) -> bool:
-    """True for a running process (not a zombie)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+__all__ = ["alive", "proc_table", "start", "stop", "stop_pidfile", "kill_now", "read_pid", "family"]
 
 
 def start(command: list[str], name: str, state_dir: Path, env: dict, cwd: Path | None = None) -> int:

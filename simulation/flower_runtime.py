@@ -117,7 +117,8 @@ def check_ray_tmp_parent(parent: str | Path) -> None:
 
 
 def format_run_config(values: dict) -> str:
-    """``--run-config`` text: TOML values, strings quoted (keys with dots stay dotted)."""
+    """``--run-config`` / ``--node-config`` text: TOML values, strings quoted (keys with dots stay dotted); a
+    string holding a single quote cannot be quoted so and is refused."""
     parts = []
     for key, value in values.items():
         if isinstance(value, bool):
@@ -125,9 +126,35 @@ def format_run_config(values: dict) -> str:
         elif isinstance(value, (int, float)):
             text = repr(value)
         else:
-            text = "'" + str(value).replace("'", "") + "'"
+            if "'" in str(value):
+                raise ValueError(f"config {key}: a value may not contain a single quote: {str(value)!r}")
+            text = f"'{value}'"
         parts.append(f"{key}={text}")
     return " ".join(parts)
+
+
+def stream_lines(command: list[str], env: dict, cwd: Path, timeout: float,
+                 on_line: Callable[[str], None] | None = None) -> tuple[list[str], float]:  # fmt: skip
+    """Run ``command`` to its end (killed after ``timeout`` s), each output line (ANSI colours removed) to
+    ``on_line`` as it arrives; returns (lines, seconds)."""
+    started = time.perf_counter()
+    lines: list[str] = []
+    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as process:  # fmt: skip
+        timer = threading.Timer(timeout, process.kill)  # our own child, by handle
+        timer.start()
+        try:
+            for line in process.stdout:
+                clean = ANSI.sub("", line.rstrip("\n"))
+                lines.append(clean)
+                if on_line is not None:
+                    on_line(clean)
+        except BaseException:  # Ctrl-C, SIGTERM, an error in on_line: do not wait for the command to finish
+            process.kill()
+            raise
+        finally:
+            timer.cancel()
+    return lines, time.perf_counter() - started
 
 
 @dataclass
@@ -186,24 +213,7 @@ class LocalFederation:
             command += ["--federation-config", " ".join(federation)]
         if run_config:
             command += ["--run-config", format_run_config(run_config)]
-        started = time.perf_counter()
-        lines: list[str] = []
-        with subprocess.Popen(command, cwd=self.app, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, bufsize=1) as process:  # fmt: skip
-            timer = threading.Timer(timeout, process.kill)  # our own child, by handle
-            timer.start()
-            try:
-                for line in process.stdout:
-                    clean = ANSI.sub("", line.rstrip("\n"))
-                    lines.append(clean)
-                    if on_line is not None:
-                        on_line(clean)
-            except BaseException:  # Ctrl-C, SIGTERM, an error in on_line: do not wait for flwr run to finish
-                process.kill()
-                raise
-            finally:
-                timer.cancel()
-        seconds = time.perf_counter() - started
+        lines, seconds = stream_lines(command, self.env, self.app, timeout, on_line)
         listing = subprocess.run([self.flwr, "ls", "local", "--format", "json"], cwd=self.app, env=self.env,
                                  capture_output=True, text=True, timeout=60)  # fmt: skip
         try:

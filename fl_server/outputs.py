@@ -49,8 +49,10 @@ def write_checkpoints(out_dir: Path, model_spec: ModelSpec, final_state: dict, e
 
 
 def missing(sampled: list[int], replies: list[dict]) -> list[int]:
-    """The sampled clients (rank, or node id) with no reply row."""
-    answered = {row["rank"] if row.get("rank") is not None else row.get("node-id") for row in replies}
+    """The sampled clients (rank, or node id) without a usable reply: none within the round's timeout, or an
+    error (also the one the SuperLink sends for a node that stopped answering)."""
+    answered = {row["rank"] if row.get("rank") is not None else row.get("node-id") for row in replies
+                if "error" not in row}  # fmt: skip
     return [client for client in sampled if client not in answered]
 
 
@@ -85,7 +87,7 @@ def metrics_summary(spec: RunSpec, strategy, evaluation: CentralEvaluation, *, n
             entry["clients_evaluate"] = strategy.client_evaluate.get(r, [])
             entry["sampled_train"] = strategy.sampled["train"].get(r, [])
             entry["sampled_evaluate"] = strategy.sampled["evaluate"].get(r, [])
-            for phase in ("train", "evaluate"):  # asked, but no reply within the round's timeout
+            for phase in ("train", "evaluate"):  # asked, but no usable reply
                 entry[f"missing_{phase}"] = missing(entry[f"sampled_{phase}"], entry[f"clients_{phase}"])
             entry["federated"] = federated_metrics(entry["clients_evaluate"])
             if hasattr(strategy, "decisions"):  # the screening wrapper: every verdict with scores and reasons

@@ -65,14 +65,24 @@ class DeterministicMixin:
         self.client_train: dict[int, list[dict]] = {}
         self.client_evaluate: dict[int, list[dict]] = {}
         self.sampled: dict[str, dict[int, list[int]]] = {"train": {}, "evaluate": {}}
+        self._sent: list[Message] = []  # the messages of the phase under way
 
     # ranks ------------------------------------------------------------------------------------------------
     def rank_of_node(self, node_id: int) -> int:
         return self.node_ranks.get(int(node_id), UNRANKED)
 
+    def source_node(self, reply: Message) -> int:
+        """The node a reply answers for: its source, or, for an error the SuperLink sent in place of a node that
+        stopped answering (source: the SuperLink itself), the node the answered message went to."""
+        node = int(reply.metadata.src_node_id)
+        if reply.has_error():
+            sent = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in self._sent if m.metadata.message_id}
+            node = sent.get(reply.metadata.reply_to_message_id, node)
+        return node
+
     def client_id(self, reply: Message) -> int:
         """The id reports use for a reply's client: its rank (partition id) if known, else its node id."""
-        return self.node_label(reply.metadata.src_node_id)
+        return self.node_label(self.source_node(reply))
 
     def node_label(self, node_id: int) -> int:
         """A node's rank (partition id) if known, else its node id (a real gateway)."""
@@ -80,7 +90,7 @@ class DeterministicMixin:
         return rank if rank != UNRANKED else int(node_id)
 
     def reply_key(self, reply: Message) -> tuple[int, int]:
-        node = int(reply.metadata.src_node_id)
+        node = self.source_node(reply)
         return self.rank_of_node(node), node
 
     # sampling ---------------------------------------------------------------------------------------------
@@ -88,6 +98,7 @@ class DeterministicMixin:
                    config: ConfigRecord, grid: Grid) -> Iterable[Message]:  # fmt: skip
         with seeded_global_random(round_seed(self.seed, server_round, phase)):
             messages = list(parent(server_round, arrays, config, RankedGrid(grid, self.rank_of_node)))
+        self._sent = messages  # the grid gives them their ids when it pushes them (see source_node)
         self.sampled[phase][server_round] = sorted(self.node_label(m.metadata.dst_node_id) for m in messages)
         return messages
 
@@ -101,8 +112,9 @@ class DeterministicMixin:
     def record_replies(self, replies: list[Message]) -> list[dict]:
         rows = []
         for reply in replies:
-            rank = self.rank_of_node(reply.metadata.src_node_id)
-            row: dict = {"rank": rank if rank != UNRANKED else None, "node-id": int(reply.metadata.src_node_id)}
+            node = self.source_node(reply)
+            rank = self.rank_of_node(node)
+            row: dict = {"rank": rank if rank != UNRANKED else None, "node-id": node}
             if reply.has_error():
                 row["error"] = str(reply.error.reason)
             elif "metrics" in reply.content:

@@ -46,9 +46,9 @@ def test_no_usable_reply_gives_counts_only_and_replies_without_counts_give_no_f1
     assert out["fed_loss"] == pytest.approx(0.3) and "fed_f1" not in out
 
 
-def test_missing_names_the_sampled_clients_without_a_reply():
+def test_missing_names_the_sampled_clients_without_a_usable_reply():
     replies = [{"rank": 0, "node-id": 11}, {"rank": None, "node-id": 977}, {"rank": 2, "node-id": 13, "error": "x"}]
-    assert missing([0, 1, 2, 977, 978], replies) == [1, 978]
+    assert missing([0, 1, 2, 977, 978], replies) == [1, 2, 978]
 
 
 @pytest.mark.slow

@@ -193,3 +193,25 @@ def test_the_screening_conf_holds_the_screening_defaults():
     _, _, config = split_screening_params(dict(specs(cfg)[0].strategy.params))
     assert config == ScreeningConfig()
     assert config.max_weight_ratio == 6.0
+
+
+def test_an_error_the_superlink_sends_for_a_dead_node_is_recorded_under_that_node():
+    """A node that stops answering gets an error reply from the SuperLink (source node 1, reply_to the message sent
+    to the node): the round's record names the node the message went to, not the SuperLink."""
+    from flwr.app import Error
+
+    node_ids = [11, 22, 33]
+    strategy = build_strategy("screening", {}, n_nodes=3, node_ranks={})
+    sent = list(strategy.configure_train(1, _arrays(np.zeros(50, np.float32)), ConfigRecord(), FakeGrid(node_ids)))
+    for i, msg in enumerate(sent):  # what the grid does when it pushes them
+        msg.metadata.__dict__["_message_id"] = f"msg-{i}"
+    dead = next(m for m in sent if m.metadata.dst_node_id == 22)
+    metadata = Metadata(run_id=1, message_id="err", src_node_id=1, dst_node_id=1,
+                        reply_to_message_id=dead.metadata.message_id, group_id="1", created_at=time.time(),
+                        ttl=60.0, message_type="train")  # fmt: skip
+    error = make_message(metadata=metadata, error=Error(code=5, reason="Error: Node Unavailable"))
+    rng = np.random.default_rng(0)
+    replies = [_reply(n, rng.normal(size=50).astype(np.float32), 100) for n in (11, 33)] + [error]
+    strategy.aggregate_train(1, replies)
+    rows = {row["node-id"]: row for row in strategy.inner.client_train[1]}
+    assert sorted(rows) == [11, 22, 33] and "Node Unavailable" in rows[22]["error"]

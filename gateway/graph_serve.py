@@ -118,7 +118,7 @@ class GraphVerdictService:
         self.report.versions[version] += len(records)
         self.counts["graphs"] += 1
         for verdict in self.hosts.observe(graph, host_probs, flags, self.model.threshold):
-            self.report.deliver(verdict, self.sinks)
+            self.report.deliver(verdict, self.sinks, version)
         if lines:
             self.out.write("\n".join(lines) + "\n")
             self.out.flush()

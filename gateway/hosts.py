@@ -79,11 +79,15 @@ class HostVerdict:
     flows: int
     malicious: int
     rule: str = "share"  # isolate: share | reassert; release: share | hold | explicit
+    model_version: str = ""  # the bundle whose verdicts led to it (set by the verdict service)
 
     def as_dict(self) -> dict:
-        return {"host": self.host, "action": self.action, "time": self.time, "flows": self.flows,
+        data = {"host": self.host, "action": self.action, "time": self.time, "flows": self.flows,
                 "malicious": self.malicious, "share": round(self.malicious / max(self.flows, 1), 4),
                 "rule": self.rule}  # fmt: skip
+        if self.model_version:
+            data["model_version"] = self.model_version
+        return data
 
 
 class HostTracker:

@@ -8,6 +8,8 @@ more.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import sys
@@ -112,9 +114,12 @@ class ServeReport:
                 "seconds": round(self.seconds, 3), "model_versions": dict(self.versions), "switches": self.switches,
                 "flows_per_second": round(self.scored / self.seconds, 1) if self.seconds else None}  # fmt: skip
 
-    def deliver(self, verdict: HostVerdict, sinks: Sequence[HostSink]) -> None:
-        """Count a host verdict (each host listed once; re-assertions counted in ``host_verdicts``) and send it to
-        every sink, in the order given: each has the verdict before the next."""
+    def deliver(self, verdict: HostVerdict, sinks: Sequence[HostSink], model_version: str = "") -> None:
+        """Count a host verdict (each host listed once; re-assertions counted in ``host_verdicts``) and send it,
+        naming ``model_version`` (the bundle serving when it was taken), to every sink, in the order given: each
+        has the verdict before the next."""
+        if model_version:
+            verdict = dataclasses.replace(verdict, model_version=model_version)
         self.host_verdicts[verdict.action] += 1
         hosts = self.isolated if verdict.action == "isolate" else self.released
         if verdict.host not in hosts:
@@ -163,7 +168,7 @@ class VerdictService:
             self.report.count_verdict(malicious, record.label)
             if record.src is not None:
                 for verdict in self.hosts.observe(record.src, moment, malicious):
-                    self.report.deliver(verdict, self.sinks)
+                    self.report.deliver(verdict, self.sinks, version)
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()
         self.report.scored += len(kept)

@@ -109,7 +109,8 @@ class IsolationHook:
             share = verdict.malicious / max(verdict.flows, 1)
             call = {"method": "POST", "path": "/blocks", "body": {
                 "ip": verdict.host, "ttl": self.ttl,
-                "reason": f"gateway: {verdict.malicious} of {verdict.flows} flows malicious ({share:.0%})"}}  # fmt: skip
+                "reason": f"gateway: {verdict.malicious} of {verdict.flows} flows malicious ({share:.0%})"
+                          + (f", model {version}" if (version := getattr(verdict, "model_version", "")) else "")}}  # fmt: skip
         else:
             call = {"method": "DELETE", "path": f"/blocks/{quote(verdict.host, safe='')}", "body": None}
         if self.dry_run:

@@ -195,3 +195,22 @@ def test_a_service_switches_between_batches_and_counts_verdicts_per_version(setu
     assert report["model_versions"] == {"A": 1000, "B": 2000} and report["switches"][0]["after_scored"] == 1000
     versions = [json.loads(line)["model_version"] for line in service.out.getvalue().splitlines()]
     assert versions == ["A"] * 1000 + ["B"] * 2000
+
+
+def test_host_verdicts_name_the_model_version_that_made_them(bundle_dir, data_dir, tmp_path, caplog):
+    """Every host verdict a sink gets names the serving bundle's model version, and the isolation hook's block
+    reason carries it to the controller."""
+    from gateway.hosts import HostVerdict
+    from gateway.serve import serve
+    from sdn.hook import IsolationHook
+
+    hosts = tmp_path / "hosts.jsonl"
+    serve(bundle_dir, data_dir / "unsw-nb15" / "raw" / RAW_FILE, out=io.StringIO(), host_sink=f"file:{hosts}")
+    rows = [json.loads(line) for line in hosts.read_text().splitlines()]
+    version = load_bundle(bundle_dir).model_version
+    assert rows and all(row["model_version"] == version for row in rows)
+    hook = IsolationHook("http://127.0.0.1:9", tmp_path / "q.sqlite", dry_run=True)
+    with caplog.at_level(logging.INFO, logger="sdn.hook"):
+        hook.emit(HostVerdict("10.0.0.5", "isolate", 1.0, 10, 9, "share", model_version=version))
+    hook.close()
+    assert f"model {version}" in caplog.text

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
 UNRANKED = 1 << 40  # nodes without a known rank (e.g. real gateways) sort after ranked ones, by node id
@@ -49,6 +50,15 @@ def round_seed(seed: int, server_round: int, phase: str) -> int:
     return (seed * 1_000_003 + server_round * 7919 + (1 if phase == "train" else 2)) % (2**63)
 
 
+def same_dtypes(arrays: ArrayRecord | None, dtypes: Mapping[str, np.dtype]) -> ArrayRecord | None:
+    """``arrays`` with every array in the dtype the broadcast had (FedAdam's numpy arithmetic, or a numpy float
+    weight, gives float64): a float64 global would make every float32 reply of the next round fail the reply
+    checks."""
+    if arrays is None or all(a.numpy().dtype == dtypes.get(k, a.numpy().dtype) for k, a in arrays.items()):
+        return arrays
+    return ArrayRecord({k: Array(a.numpy().astype(dtypes.get(k, a.numpy().dtype))) for k, a in arrays.items()})
+
+
 class DeterministicMixin:
     """Put before a Flower strategy class: ``class S(DeterministicMixin, FedAvg)``.
 
@@ -66,6 +76,7 @@ class DeterministicMixin:
         self.client_evaluate: dict[int, list[dict]] = {}
         self.sampled: dict[str, dict[int, list[int]]] = {"train": {}, "evaluate": {}}
         self._sent: list[Message] = []  # the messages of the phase under way
+        self._dtypes: dict[str, np.dtype] = {}  # the broadcast arrays' dtypes, which the aggregate keeps
 
     # ranks ------------------------------------------------------------------------------------------------
     def rank_of_node(self, node_id: int) -> int:
@@ -103,6 +114,7 @@ class DeterministicMixin:
         return messages
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        self._dtypes = {name: array.numpy().dtype for name, array in arrays.items()}
         return self._configure("train", super().configure_train, server_round, arrays, config, grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
@@ -125,7 +137,8 @@ class DeterministicMixin:
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = sorted(replies, key=self.reply_key)
         self.client_train[server_round] = self.record_replies(replies)
-        return super().aggregate_train(server_round, replies)
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        return same_dtypes(arrays, self._dtypes), metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         replies = sorted(replies, key=self.reply_key)

@@ -71,8 +71,8 @@ def with_weights(reply: Message, arrays: ArrayRecord, weight: tuple[str, float] 
     """A copy of ``reply`` carrying ``arrays`` instead of its own (metadata kept; metrics kept, except the
     metric ``weight[0]``, which becomes ``weight[1]`` when ``weight`` is given)."""
     metric_key, metrics = next(iter(reply.content.metric_records.items()))
-    if weight is not None:
-        metrics = MetricRecord({**dict(metrics), weight[0]: weight[1]})
+    if weight is not None:  # a plain float: a numpy float would promote a float32 aggregate to float64
+        metrics = MetricRecord({**dict(metrics), weight[0]: float(weight[1])})
     return make_message(metadata=reply.metadata, content=RecordDict({"arrays": arrays, metric_key: metrics}))
 
 

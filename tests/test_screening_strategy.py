@@ -161,6 +161,17 @@ def test_the_weight_cap_bounds_a_liars_share_of_the_aggregate():
     assert all(d["scores"]["weight"] == 100.0 for d in strategy.decisions[1] if d["client"] != 9)
 
 
+def test_a_capped_weight_keeps_the_global_models_dtype():
+    """A capped weight (a numpy float) must not promote the float32 aggregate to float64: the next round's
+    broadcast would be float64 and the reply checks would reject every client's float32 reply."""
+    strategy2, nodes, glob, _, benign = setup()
+    replies = [reply(n, u, {"num-examples": 10**6 if i == 0 else 100, "train_loss": 0.5})
+               for i, (n, u) in enumerate(zip(nodes, benign))]  # fmt: skip
+    arrays, _ = strategy2.aggregate_train(1, replies)
+    assert "capped" in " ".join(next(d for d in strategy2.decisions[1] if d["client"] == 0)["reasons"])
+    assert {name: str(a.numpy().dtype) for name, a in arrays.items()} == {k: "float32" for k in SHAPES}
+
+
 INNER = ["fedavg", "fedprox", "fedavgm", "fedadam", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan",
          "flame", "centered_clipping"]
 

@@ -215,3 +215,22 @@ def test_an_error_the_superlink_sends_for_a_dead_node_is_recorded_under_that_nod
     strategy.aggregate_train(1, replies)
     rows = {row["node-id"]: row for row in strategy.inner.client_train[1]}
     assert sorted(rows) == [11, 22, 33] and "Node Unavailable" in rows[22]["error"]
+
+
+@pytest.mark.parametrize("name", ["fedadam", "screening"])
+def test_the_aggregate_keeps_the_broadcast_dtype(name):
+    """FedAdam's numpy arithmetic gives float64 arrays; a float64 global would make the next round's float32
+    replies fail the reply checks (every update rejected from round 2 on). The aggregate keeps float32."""
+    node_ids = [11, 22, 33, 44]
+    params = {"inner": "fedadam"} if name == "screening" else {}
+    strategy = build_strategy(name, params, n_nodes=4)
+    rng = np.random.default_rng(0)
+    glob = rng.normal(size=50).astype(np.float32)
+    for server_round in (1, 2):
+        list(strategy.configure_train(server_round, _arrays(glob), ConfigRecord(), FakeGrid(node_ids)))
+        replies = [_reply(n, glob + 0.01 * rng.normal(size=50).astype(np.float32), 100) for n in node_ids]
+        arrays, _ = strategy.aggregate_train(server_round, replies)
+        assert arrays is not None and arrays["w"].numpy().dtype == np.float32, server_round
+        glob = arrays["w"].numpy()
+    if name == "screening":
+        assert all(d["verdict"] == "accept" for d in strategy.decisions[2])

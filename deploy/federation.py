@@ -22,7 +22,8 @@ STARTED = re.compile(r"Successfully started run (\d+)")
 SMALL_RUN = {"dataset.name": "captures", "dataset.bad-records": "skip", "partition.scheme": "by_site",
              "partition.n-clients": 3, "simulation.num-rounds": 3, "simulation.local-epochs": 1,
              "simulation.batch-size": 64, "simulation.min-nodes": 2, "strategy.min-nodes": 2,
-             "simulation.round-timeout": 60.0, "simulation.node-wait": 60.0}  # fmt: skip
+             "simulation.round-timeout": 60.0, "simulation.node-wait": 60.0,
+             "deploy.central-eval": "none"}  # fmt: skip  the server holds no data: federated evaluation only
 
 
 @dataclass
@@ -34,8 +35,8 @@ class RunResult:
 
 
 def server_run_config(captures: tuple[str, ...], out_dir: Path, overrides: dict | None = None) -> dict:
-    """A small run config whose server side reads ``captures`` (the gateways' files) as its ``captures`` data set
-    (the ServerApp still evaluates centrally on their held-out split)."""
+    """A small run config for the gateways' ``captures``: the server reads no data (federated evaluation only);
+    ``dataset.file`` names the captures for the record."""
     return {**SMALL_RUN, "dataset.file": ",".join(captures), "out-dir": str(Path(out_dir).resolve()),
             **(overrides or {})}  # fmt: skip
 

@@ -109,10 +109,13 @@ def test_three_authenticated_gateways_train_and_switch_to_the_signed_bundle(bed,
     records, sources, verdicts, first = {}, {}, {}, {}
     for g in bed.gateways:  # each gateway's capture, replayed as a growing Zeek log
         lines = Path(g.data_path).read_text().splitlines(keepends=True)
-        records[g.name] = [line for line in lines if not line.startswith("#")]
+        zeek = lines[0].startswith("#")  # a Zeek log's '#' header lines, or a CSV export's header row
+        header = [line for line in lines[:10] if line.startswith("#")] if zeek else lines[:1]
+        records[g.name] = [line for line in lines if not line.startswith("#")] if zeek else lines[1:]
         first[g.name] = min(150, len(records[g.name]) // 3)
-        sources[g.name], verdicts[g.name] = tmp_path / f"{g.name}.conn.log", tmp_path / f"{g.name}.verdicts.jsonl"
-        sources[g.name].write_text("".join(line for line in lines[:10] if line.startswith("#")))
+        suffix = ".conn.log" if zeek else ".csv"
+        sources[g.name], verdicts[g.name] = tmp_path / f"{g.name}{suffix}", tmp_path / f"{g.name}.verdicts.jsonl"
+        sources[g.name].write_text("".join(header))
     try:
         _wait(lambda: all((bed.bundle_root(g) / "current").exists() for g in bed.gateways) or not thread.is_alive(),
               500, "the round-2 rollout did not reach every gateway")  # fmt: skip

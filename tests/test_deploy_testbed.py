@@ -154,6 +154,8 @@ def test_three_authenticated_gateways_train_and_switch_to_the_signed_bundle(bed,
         assert sorted(row["node-id"] for row in entry["clients_train"]) == ids
         assert entry["missing_train"] == [] and all("error" not in row for row in entry["clients_train"])
         assert len(entry["screening"]) == 3
+        # honest gateways: all accepted every round (a float64 global once made round 2 reject them all)
+        assert [d["verdict"] for d in entry["screening"]] == ["accept"] * 3, entry["screening"]
         fed = entry["federated"]  # federated evaluation, every round
         assert fed["fed_clients"] == 3 and fed["fed_examples"] > 0 and fed["fed_loss"] is not None
     old, new = rollouts[0]["model_version"], rollouts[1]["model_version"]

@@ -25,13 +25,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from conf.errors import RunSpecError
+from conf.privacy import PrivacySpec, check_privacy_run
 from flows.graphs.settings import GraphSettings
 from flows.partitioning import PartitionConfig
 from flows.pipeline import PipelineSettings
-
-
-class RunSpecError(ValueError):
-    """A setting the run cannot use: unknown key, wrong type, or a value outside its domain."""
 
 
 @dataclass
@@ -177,6 +175,10 @@ class RunSpec:
     attack: AttackSpec = field(default_factory=AttackSpec)
     simulation: SimulationSpec = field(default_factory=SimulationSpec)
     deploy: DeploySpec = field(default_factory=DeploySpec)  # real gateways: server-side evaluation, rollout
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)  # differential privacy (none | dp_sgd | central)
+
+    def __post_init__(self) -> None:
+        check_privacy_run(self)
 
     def round_lr(self, server_round: int) -> float:
         """The clients' learning rate in ``server_round``: ``lr * lr_decay ** (round - 1)``."""

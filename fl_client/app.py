@@ -36,6 +36,7 @@ from fl_client.attacks.config import DATA_ATTACKS, AttackConfig, malicious_parti
 from fl_client.data import local_table
 from fl_client.gateway_data import gateway_data
 from fl_client.matrices import client_matrices
+from fl_client.privacy import declined_reply, planned_problem, private_round
 from fl_client.rollout import install_rollout
 from fl_client.statistics import statistics_records
 from flows.errors import ConfigError
@@ -124,6 +125,9 @@ def query(msg: Message, context: Context) -> Message:
     log_transform = bool(msg.content["config"]["log-transform"])
     content = statistics_records(table, log_transform, partition_id)
     content["node"]["model"] = spec.model.family_of(context.node_config)  # the server groups nodes by family
+    # privacy=dp_sgd: settings this client's data cannot meet stop the run before round 1 (the fit rows are about
+    # 1 - val_fraction of the table; the exact plan is made at training time)
+    content["node"]["dp-problem"] = planned_problem(spec, int(len(table) * (1.0 - spec.simulation.val_fraction)))
     if partition_id < 0:  # a gateway: where its training labels came from
         content["node"].update(gateway_data(context.node_config, spec.dataset.name).counts.metrics())
     if table.skipped:
@@ -148,7 +152,16 @@ def train(msg: Message, context: Context) -> Message:
     family_name = ModelSpec.from_json(str(config["model-spec"])).family
     m = client_matrices(spec, context.node_config, str(config["pipeline-state"]), data_attack, family_name)
     started = time.perf_counter()
-    model, loss = _honest_training(spec, msg, m.X_fit, m.y_fit, partition_id)
+    privacy: dict[str, float] = {}
+    if spec.privacy.name == "dp_sgd":  # DP-SGD on the fit rows; the attack (if any) then changes the update
+        family, model = _model(msg)
+        private = private_round(spec, context, family, model, m.X_fit, m.y_fit, server_round=server_round,
+                                lr=spec.round_lr(server_round), seed=_train_seed(spec, partition_id, server_round))  # fmt: skip
+        if private.model is None:
+            return Message(content=declined_reply(private.reason, private.metrics, partition_id), reply_to=msg)
+        loss, privacy = private.loss, private.metrics
+    else:
+        model, loss = _honest_training(spec, msg, m.X_fit, m.y_fit, partition_id)
     if attack is not None and changes_update(attack):
         state = model.state_dict()
         base = state_vector(msg.content["arrays"].to_torch_state_dict())
@@ -162,7 +175,7 @@ def train(msg: Message, context: Context) -> Message:
              f" (malicious: {attack.name})" if attack else "")  # fmt: skip
     metrics = MetricRecord({"num-examples": int(m.n_real), "train_loss": float(loss),
                             "smote-rows": int(m.n_synthetic), "partition-id": partition_id,
-                            "train-seconds": time.perf_counter() - started})  # fmt: skip
+                            "train-seconds": time.perf_counter() - started, **privacy})  # fmt: skip
     return Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
 
 

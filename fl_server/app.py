@@ -42,6 +42,7 @@ from fl_server.outputs import metrics_summary, out_dir_of, write_checkpoints, wr
 from fl_server.rollout import periodic_rollout, rollout_checkpoint
 from fl_server.root_update import root_update_fn
 from fl_server.federated_eval import federated_metrics
+from fl_server.privacy_report import round_epsilon
 from flows.loader import load_file
 from flows.pipeline_state import PipelineState
 from flows.run_split import holdout_site_table, load_split
@@ -141,6 +142,11 @@ def main(grid: Grid, context: Context) -> None:
     for family, part in parts.items():
         final = part["summary"]["final"]
         host = f" host f1 {final['host_f1']:.4f}" if final.get("host_f1") is not None else ""
+        if part["summary"]["privacy"].get("max_epsilon") is not None:
+            priv = part["summary"]["privacy"]
+            log.info("privacy (%s): epsilon %.3f at delta %g (the largest of any client)%s", priv["mode"],
+                     priv["max_epsilon"], priv.get("delta", float("nan")),
+                     f"; {priv['declined_rounds']} declined round(s)" if priv.get("declined_rounds") else "")  # fmt: skip
         log.info("done in %.1f s: %sfinal f1 %.4f acc %.4f%s (best round %d); outputs in %s", summary["seconds"],
                  f"{family}: " if mixed else "", final.get("f1") or float("nan"),
                  final.get("accuracy") or float("nan"), host, part["summary"]["best_round"], out_dir)  # fmt: skip
@@ -155,7 +161,8 @@ def train_family(grid: Grid, spec: RunSpec, nodes: list[int], ranks: dict[int, i
     evaluation, data = central_evaluation(spec, state, model_spec, model, out_dir, label, fresh=first)
     strategy = configured_strategy(spec, nodes, ranks, state, model_spec, out_dir,
                                    f"updates_{label}" if mixed else "updates")  # fmt: skip
-    evaluation.federated = lambda r: federated_metrics(strategy.client_evaluate.get(r, []))
+    evaluation.federated = lambda r: {**federated_metrics(strategy.client_evaluate.get(r, [])),
+                                      **round_epsilon(spec, strategy, r)}  # fmt: skip
     rollouts: list[dict] = []
     if spec.deploy.rollout and spec.deploy.rollout_every:
         evaluation.round_hooks.append(periodic_rollout(grid, nodes, spec, model_spec, state, out_dir, label,

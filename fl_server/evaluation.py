@@ -90,7 +90,7 @@ class CentralEvaluation:
     def reported(metrics: dict) -> list[str]:
         """The keys of ``metrics`` that the strategy and progress.jsonl carry."""
         keys = [*REPORTED, *HOST_REPORTED]
-        return [k for k in [*keys, *(SITE_PREFIX + k for k in keys), *FEDERATED_REPORTED] if k in metrics]
+        return [k for k in [*keys, *(SITE_PREFIX + k for k in keys), *FEDERATED_REPORTED, "dp_epsilon"] if k in metrics]
 
     def score(self, X: Any, y: np.ndarray) -> dict:
         """Flow metrics (and host metrics for a family that scores hosts) of the loaded model on (X, y)."""
@@ -116,7 +116,7 @@ class CentralEvaluation:
         parts = [f"{label} {metrics[key]:.4f}" for key, label in (
             ("loss", "global loss"), ("accuracy", "acc"), ("f1", "f1"), ("roc_auc", "auc"), ("host_f1", "host f1"),
             ("site_f1", "| held-out site f1"), ("site_host_f1", "host f1"), ("fed_loss", "| federated loss"),
-            ("fed_accuracy", "acc"), ("fed_f1", "f1")) if metrics.get(key) is not None]  # fmt: skip
+            ("fed_accuracy", "acc"), ("fed_f1", "f1"), ("dp_epsilon", "| epsilon")) if metrics.get(key) is not None]  # fmt: skip
         if self.X_test is None and server_round == 0:
             parts.append("no central test set (federated evaluation from round 1)")
         log.info("%sround %d/%d: %s (%.1f s)", f"{self.label}: " if self.label else "", server_round,

@@ -75,6 +75,11 @@ def query_nodes(grid: Grid, nodes: list[int], settings: PipelineSettings, timeou
     simulation = all(node_rank(content) is not None for content in contents.values())
     families = {node: str(content["node"].get("model", "")) if "node" in content else ""
                 for node, content in contents.items()}  # fmt: skip
+    refused = [f"node {node}: {content['node']['dp-problem']}" for node, content in sorted(contents.items())
+               if "node" in content and content["node"].get("dp-problem")]  # fmt: skip
+    if refused:
+        raise RuntimeError(f"privacy settings refused before round 1 ({len(refused)} of {len(contents)} nodes): "
+                           f"{refused[0]}")  # fmt: skip
     return state, node_ranks(contents, simulation=simulation, num_partitions=len(nodes)), families
 
 

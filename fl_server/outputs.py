@@ -13,6 +13,7 @@ from pathlib import Path
 from conf.schema import RunSpec, to_run_config
 from fl_server.evaluation import CentralEvaluation, finite_or_none
 from fl_server.federated_eval import federated_metrics
+from fl_server.privacy_report import round_privacy, run_privacy
 from flows.pipeline_state import PipelineState
 from models.checkpoint import ModelSpec, save_checkpoint
 
@@ -80,6 +81,7 @@ def metrics_summary(spec: RunSpec, strategy, evaluation: CentralEvaluation, *, n
         return {k: finite_or_none(v) for k, v in metrics.items()}
 
     rounds = []
+    previous: dict = {}
     for r in range(0, spec.simulation.num_rounds + 1):
         entry: dict = {"round": r, "global": clean(evaluation.rounds.get(r, {}))}
         if r > 0:
@@ -90,11 +92,15 @@ def metrics_summary(spec: RunSpec, strategy, evaluation: CentralEvaluation, *, n
             for phase in ("train", "evaluate"):  # asked, but no usable reply
                 entry[f"missing_{phase}"] = missing(entry[f"sampled_{phase}"], entry[f"clients_{phase}"])
             entry["federated"] = federated_metrics(entry["clients_evaluate"])
+            if spec.privacy.name == "dp_sgd":
+                entry["privacy"] = round_privacy(entry["clients_train"], previous)
+                previous = entry["privacy"]["epsilon"]
             if hasattr(strategy, "decisions"):  # the screening wrapper: every verdict with scores and reasons
                 entry["screening"] = strategy.decisions.get(r, [])
         rounds.append(entry)
     summary = {
         "run_config": to_run_config(spec),
+        "privacy": run_privacy(spec, rounds, strategy),
         "nodes": nodes,
         "strategy": type(strategy).__name__,
         "data": data,

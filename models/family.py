@@ -41,6 +41,8 @@ class ModelFamily(ABC):
     gateway_input: str  #: what the gateway feeds the exported model ("flow_rows": one encoded row per flow)
     params_type: type  #: dataclass of the architecture parameters with their defaults
     modules: tuple[str, ...] = ()  #: the modules that implement the family (the only ones that name it)
+    #: why per-example DP-SGD gives this family no meaningful guarantee ("" : the family supports privacy=dp_sgd)
+    dp_sgd_refusal: str = ""
 
     def default_params(self) -> dict:
         """Every architecture parameter at its default."""
@@ -78,6 +80,33 @@ class ModelFamily(ABC):
     @abstractmethod
     def export_tflite(self, model: "torch.nn.Module", batch_size: int) -> bytes:
         """The fp32 .tflite flatbuffer of ``model`` for a fixed batch of ``batch_size`` gateway inputs."""
+
+    def private_module(self, model: "torch.nn.Module") -> "torch.nn.Module":
+        """A copy of ``model`` that opacus can train with per-example gradients (same state-dict keys); raises
+        ValueError with :attr:`dp_sgd_refusal`, or with opacus's objections to a layer."""
+        import copy
+
+        return self.checked_private(copy.deepcopy(model))
+
+    def checked_private(self, private: "torch.nn.Module") -> "torch.nn.Module":
+        """``private`` itself once opacus accepts every layer (ValueError otherwise, or for a refused family)."""
+        from opacus.validators import ModuleValidator
+
+        if self.dp_sgd_refusal:
+            raise ValueError(f"privacy=dp_sgd is refused for the {self.name} family: {self.dp_sgd_refusal}")
+        errors = ModuleValidator.validate(private, strict=False)
+        if errors:
+            raise ValueError(f"privacy=dp_sgd: opacus cannot train the {self.name} network: {errors[0]}")
+        return private
+
+    def load_private(self, model: "torch.nn.Module", private: "torch.nn.Module") -> None:
+        """Load the weights of :meth:`private_module`'s trained copy back into the plain ``model`` (opacus's layers
+        may list a parameter under a second name too: only the plain model's keys are taken, and all of them)."""
+        trained = private.state_dict()
+        missing = [key for key in model.state_dict() if key not in trained]
+        if missing:
+            raise ValueError(f"the private copy of the {self.name} network lacks {missing[:3]}")
+        model.load_state_dict({key: trained[key] for key in model.state_dict()})
 
     def detector_class(self) -> type | None:
         """The family's centralized :class:`models.base.Detector` (``python -m simulation.centralized``), if any."""

@@ -74,6 +74,9 @@ def hydra_main(cfg: DictConfig) -> None:
     final = metrics["final"]
     shown = [f"{key} {final[key]:.4f}" for key in ("accuracy", "f1", "fed_accuracy", "fed_f1")
              if final.get(key) is not None]  # fmt: skip
+    privacy = metrics.get("privacy", {})
+    if privacy.get("max_epsilon") is not None:
+        shown.append(f"epsilon {privacy['max_epsilon']:.3f} ({privacy['mode']}, delta {privacy.get('delta', 0):g})")
     print(f"final: {' '.join(shown)} ({metrics['wall_seconds']} s); outputs: {out_dir}")
 
 

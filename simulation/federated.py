@@ -143,7 +143,8 @@ def write_round_plots(metrics: dict, out_dir: Path) -> None:
 
 PROGRESS_SHOWN = (("loss", "global loss"), ("accuracy", "acc"), ("f1", "f1"), ("roc_auc", "auc"),
                   ("host_f1", "host f1"), ("site_f1", "| held-out site f1"), ("site_host_f1", "host f1"),
-                  ("fed_loss", "| federated loss"), ("fed_accuracy", "acc"), ("fed_f1", "f1"))  # fmt: skip
+                  ("fed_loss", "| federated loss"), ("fed_accuracy", "acc"), ("fed_f1", "f1"),
+                  ("dp_epsilon", "| epsilon"))  # fmt: skip
 
 
 class ProgressFollower(threading.Thread):

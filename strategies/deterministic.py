@@ -17,6 +17,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
+from strategies.declines import declined_row, is_declined, without_declined
+
 UNRANKED = 1 << 40  # nodes without a known rank (e.g. real gateways) sort after ranked ones, by node id
 
 
@@ -129,6 +131,8 @@ class DeterministicMixin:
             row: dict = {"rank": rank if rank != UNRANKED else None, "node-id": node}
             if reply.has_error():
                 row["error"] = str(reply.error.reason)
+            elif is_declined(reply):
+                row.update(declined_row(reply))
             elif "metrics" in reply.content:
                 row.update(dict(reply.content["metrics"]))
             rows.append(row)
@@ -137,7 +141,10 @@ class DeterministicMixin:
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = sorted(replies, key=self.reply_key)
         self.client_train[server_round] = self.record_replies(replies)
-        arrays, metrics = super().aggregate_train(server_round, replies)
+        offered = without_declined(replies)  # a client whose privacy budget is spent sends no update
+        if not offered:
+            return None, None
+        arrays, metrics = super().aggregate_train(server_round, offered)
         return same_dtypes(arrays, self._dtypes), metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from strategies import defences
+from strategies.declines import without_declined
 from strategies.deterministic import DeterministicMixin
 from strategies.updates import collect_updates, flatten, unflatten
 
@@ -51,7 +52,7 @@ class RobustAggregation(DeterministicMixin, FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = sorted(replies, key=self.reply_key)
         self.client_train[server_round] = self.record_replies(replies)
-        batch = collect_updates(replies, self._global, self.client_id)
+        batch = collect_updates(without_declined(replies), self._global, self.client_id)
         rows = [{"round": server_round, **d.as_dict()} for d in batch.rejected]
         if not batch.replies:
             self.decisions[server_round] = rows

@@ -29,6 +29,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from strategies.declines import without_declined
 from strategies.screening import Decision, ScreeningConfig, UpdateScreen
 from strategies.updates import cap_reply_weights, claimed_weights, collect_updates, unflatten, with_weights
 from strategies.weights import cap_weights
@@ -80,7 +81,7 @@ class ScreeningStrategy(Strategy):
         key = getattr(self.inner, "reply_key", lambda r: int(r.metadata.src_node_id))
         replies = sorted(replies, key=key)
         weight_key = str(getattr(self.inner, "weighted_by_key", "num-examples"))
-        batch = collect_updates(replies, self._global, self._client_id, weight_key)
+        batch = collect_updates(without_declined(replies), self._global, self._client_id, weight_key)
         decisions: list[Decision] = list(batch.rejected)
         accepted_replies: list[Message] = []
         if batch.replies:

@@ -94,6 +94,10 @@ def test_every_setting_survives_the_run_config_with_a_non_default_value():
                 changes["window"] = "seconds"
             if section.name == "deploy":
                 changes["central_eval"] = "file"
+            if section.name == "privacy":
+                changes.update(name="central", delta=1e-6, accountant="prv", clipping="server")
+            if section.name == "strategy":
+                changes["name"] = "fedavg"  # what privacy=central needs
             setattr(spec, section.name, dataclasses.replace(value, **changes))
         else:
             setattr(spec, section.name, non_default(value))

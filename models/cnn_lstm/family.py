@@ -25,6 +25,19 @@ class CNNLSTMFamily(FlowRowFamily):
 
         return CNNLSTM(int(n_features), **dict(params))
 
+    def private_module(self, model: nn.Module) -> nn.Module:
+        """A copy with ``nn.LSTM`` swapped for opacus's ``DPLSTM`` (same sizes, same state-dict keys and weights)."""
+        import copy
+
+        from opacus.layers import DPLSTM
+
+        private = copy.deepcopy(model)
+        lstm = model.lstm
+        private.lstm = DPLSTM(input_size=lstm.input_size, hidden_size=lstm.hidden_size, num_layers=lstm.num_layers,
+                              batch_first=lstm.batch_first)  # fmt: skip
+        private.lstm.load_state_dict(lstm.state_dict())
+        return self.checked_private(private)
+
     def export_form(self, model: nn.Module) -> nn.Module:
         from models.cnn_lstm.export_form import UnrolledCNNLSTM
 

@@ -35,6 +35,10 @@ class GCNFamily(ModelFamily):
     gateway_input = HOST_GRAPHS
     params_type = GCNParams
     modules = ("models.gcn",)  # the package: params, layers, network, training, detector, family
+    dp_sgd_refusal = ("per-flow DP-SGD does not bound a host's influence on graph data: a host's flows share its "
+                      "node, it appears in many windows, and message passing mixes its neighbours' features into "
+                      "every example, so one flow's epsilon says nothing about a host; node-level DP is not "
+                      "implemented, use privacy=central (client-level DP) or privacy=none")  # fmt: skip
 
     def build(self, n_features: int, params: Mapping) -> "nn.Module":
         from models.gcn.network import HostGraphNet
